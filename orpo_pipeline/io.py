@@ -1,0 +1,57 @@
+"""Atomic file writes and content hashing."""
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from orpo_pipeline.errors import OrpoPipelineError
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as error:
+        msg = f"cannot write to {final.parent}: {error.strerror}"
+        raise OrpoPipelineError(msg) from error
+    os.close(fd)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, final)
+    except OSError as error:
+        msg = f"cannot write {final}: {error.strerror}"
+        raise OrpoPipelineError(msg) from error
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_frame(frame: pl.DataFrame, path: Path) -> None:
+    """Write Parquet or JSONL (by extension) atomically."""
+    with atomic_path(path) as temp:
+        if path.suffix == ".parquet":
+            frame.write_parquet(temp)
+        else:
+            frame.write_ndjson(temp)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

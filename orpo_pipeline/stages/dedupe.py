@@ -1,0 +1,30 @@
+"""Exact dedupe on normalised text, keeping the first row in source order."""
+
+from typing import Literal
+
+import polars as pl
+
+from orpo_pipeline.exprs import messages_text, normalized
+from orpo_pipeline.stages.base import ROW, StageConfig, tag_rejects
+
+KEY_COLUMNS = {"pair": ("prompt", "chosen", "rejected"), "prompt": ("prompt",)}
+
+
+class DedupeConfig(StageConfig):
+    """Reject every later copy of a pair (or of a prompt) as `duplicate`."""
+
+    stage: Literal["dedupe"] = "dedupe"
+    on: Literal["pair", "prompt"] = "pair"
+    """Compare whole pairs, or prompts only (one pair per prompt)."""
+    casefold: bool = False
+    """Ignore case when comparing (NFKC and whitespace are always normalised)."""
+
+
+def dedupe(lf: pl.LazyFrame, config: DedupeConfig) -> pl.LazyFrame:
+    """Tag all but the first row (by `_row`) of each group of equal normalised text."""
+    keys = [
+        normalized(messages_text(column), casefold=config.casefold).alias(f"_key_{column}")
+        for column in KEY_COLUMNS[config.on]
+    ]
+    first_seen = pl.int_range(pl.len()).over(keys, order_by=ROW) == 0
+    return tag_rejects(lf, {"duplicate": first_seen})
