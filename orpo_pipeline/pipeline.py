@@ -1,18 +1,21 @@
 """Pipeline recipes: a source, a list of stages, and the runner that collects and writes."""
 
+import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from orpo_pipeline import exprs, formats, records
+from orpo_pipeline.cache import StageCache, cache_root, code_version, stage_key
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.io import write_frame, write_text
-from orpo_pipeline.runs import describe_inputs, describe_file, write_manifest
-from orpo_pipeline.stages import STAGES, AnyStageConfig
+from orpo_pipeline.runs import describe_inputs, write_manifest
+from orpo_pipeline.stages import STAGES, AnyStageConfig, base
 from orpo_pipeline.stages.base import REASON, ROW
 from orpo_pipeline.stages.split import SPLIT
 
@@ -39,12 +42,18 @@ class PipelineSpec(BaseModel):
     """Where pairs, rejects, `report.json` and `manifest.json` go."""
     output_format: Literal["parquet", "jsonl"] = "parquet"
     """File format of the pair files."""
+    cache: bool = True
+    """Reuse stage outputs whose input, config and code are unchanged."""
 
 
 class StageReport(BaseModel):
     """Rows in and out of one stage, rejects by reason, and time taken."""
 
     stage: str
+    key: str
+    """Content address of the stage output: sha256 of input key, config and code."""
+    cached: bool
+    """True when the output came from the stage cache."""
     rows_in: int
     rows_out: int
     rejected: dict[str, int]
@@ -70,50 +79,75 @@ def _reason_counts(rejects: pl.DataFrame, column: str) -> dict[str, int]:
     return dict(zip(counts[column].to_list(), counts["len"].to_list(), strict=True))
 
 
+def _convert(source: SourceConfig) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    converted = convert_files(source.inputs, source)
+    return converted.pairs.with_row_index(ROW), converted.rejects, converted.rows_in
+
+
+def _run_stage(frame: pl.DataFrame, stage: BaseModel) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    result = STAGES[stage.stage](frame.lazy(), stage).collect()
+    if REASON not in result.columns:
+        return result, pl.DataFrame(schema={"reason": pl.String}), frame.height
+    rejected = result.filter(pl.col(REASON).is_not_null()).sort(ROW)
+    rejected = rejected.select(
+        pl.col(REASON).alias("reason"),
+        pl.col("_file").alias("file"),
+        pl.col("_line").alias("line"),
+        pl.exclude(REASON, "_file", "_line"),
+    )
+    return result.filter(pl.col(REASON).is_null()).drop(REASON), rejected, frame.height
+
+
 def run_pipeline(spec: PipelineSpec) -> PipelineReport:
-    """Run a recipe; write pair files, `rejects/`, `report.json` and `manifest.json`."""
+    """Run a recipe; write pair files, `rejects/`, `report.json` and `manifest.json`.
+
+    Each step's output is stored in the stage cache under a key made of its input's key, its
+    config and its code; a rerun with the same key loads the stored output instead of computing.
+    """
     out_dir = spec.output_dir
-    started = time.perf_counter()
-    converted = convert_files(spec.source.inputs, spec.source)
-    frame = converted.pairs.with_row_index(ROW)
-    reports = [
-        StageReport(
-            stage="convert",
-            rows_in=converted.rows_in,
-            rows_out=frame.height,
-            rejected=_reason_counts(converted.rejects, "reason"),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-    ]
-    write_frame(converted.rejects, out_dir / "rejects" / "00_convert.jsonl")
-    for index, stage in enumerate(spec.stages, start=1):
+    cache = StageCache(cache_root() / "stages")
+    inputs = describe_inputs(spec.source.inputs, stat_cache=cache_root() / "hashes.json")
+    parent = hashlib.sha256(json.dumps([f["sha256"] for f in inputs]).encode()).hexdigest()
+    steps: list[BaseModel] = [spec.source, *spec.stages]
+    reports = []
+    frame = pl.DataFrame()
+    for index, step in enumerate(steps):
         started = time.perf_counter()
-        result = STAGES[stage.stage](frame.lazy(), stage).collect()
-        rejected: dict[str, int] = {}
-        if REASON in result.columns:
-            rejects = result.filter(pl.col(REASON).is_not_null())
-            result = result.filter(pl.col(REASON).is_null()).drop(REASON)
-            rejected = _reason_counts(rejects, REASON)
-            rejects_out = rejects.sort(ROW).select(
-                pl.col(REASON).alias("reason"), pl.col("_file").alias("file"),
-                pl.col("_line").alias("line"), pl.exclude(REASON, "_file", "_line", ROW),
+        is_source = index == 0
+        code = (
+            code_version(formats, records)
+            if is_source
+            else code_version(STAGES[step.stage], base, exprs)
+        )
+        key = stage_key(parent=parent, config=step, code=code)
+        stored = cache.load(key) if spec.cache else None
+        if stored is None:
+            kept, rejected, rows_in = (
+                _convert(spec.source) if is_source else _run_stage(frame, step)
             )
-            write_frame(rejects_out, out_dir / "rejects" / f"{index:02d}_{stage.stage}.jsonl")
+            cache.store(key, kept, rejected, rows_in=rows_in)
+        else:
+            kept, rejected, rows_in = stored
+        name = "convert" if is_source else step.stage
+        write_frame(rejected, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
         reports.append(
             StageReport(
-                stage=stage.stage,
-                rows_in=frame.height,
-                rows_out=result.height,
-                rejected=rejected,
+                stage=name,
+                key=key,
+                cached=stored is not None,
+                rows_in=rows_in,
+                rows_out=kept.height,
+                rejected=_reason_counts(rejected, "reason"),
                 seconds=round(time.perf_counter() - started, 3),
             )
         )
-        assert frame.height == result.height + sum(rejected.values()), stage.stage
-        frame = result
+        frame, parent = kept, key
 
     if SPLIT in frame.columns:
-        parts = {f"{name}.{spec.output_format}": frame.filter(pl.col(SPLIT) == name)
-                 for name in ("train", "eval")}
+        parts = {
+            f"{name}.{spec.output_format}": frame.filter(pl.col(SPLIT) == name)
+            for name in ("train", "eval")
+        }
     else:
         parts = {f"pairs.{spec.output_format}": frame}
     for file_name, part in parts.items():
@@ -126,13 +160,12 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
     )
     write_text(report.model_dump_json(indent=2) + "\n", out_dir / "report.json")
     write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), out_dir / "spec.yaml")
-    outputs: list[dict[str, Any]] = [describe_file(out_dir / name) for name in parts]
     write_manifest(
         out_dir,
         kind="data",
         config=spec,
-        inputs=describe_inputs(spec.source.inputs),
-        outputs=outputs,
-        extra={"report": json.loads(report.model_dump_json())},
+        inputs=inputs,
+        outputs=describe_inputs([out_dir / name for name in parts]),
+        extra={"stages": [{"stage": r.stage, "key": r.key, "cached": r.cached} for r in reports]},
     )
     return report

@@ -13,10 +13,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orpo_pipeline.io import sha256_file, write_text
+from orpo_pipeline.errors import DataError
+from orpo_pipeline.io import sha256_cached, write_text
 
 PACKAGES = (
-    "orpo-pipeline", "polars", "pydantic", "datasets", "torch", "transformers", "accelerate", "peft",
+    "orpo-pipeline",
+    "polars",
+    "pydantic",
+    "datasets",
+    "torch",
+    "transformers",
+    "accelerate",
+    "peft",
 )
 
 
@@ -31,22 +39,28 @@ def utc_stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def describe_file(path: Path) -> dict[str, Any]:
-    """Path, size and sha256 of one input file."""
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+def describe_inputs(paths: list[Path], *, stat_cache: Path | None = None) -> list[dict[str, Any]]:
+    """Path, size and sha256 of files, and of every file inside directories, in a stable order.
 
-
-def describe_inputs(paths: list[Path]) -> list[dict[str, Any]]:
-    """Describe files, and every file inside directories (sorted, so the order is stable)."""
+    With `stat_cache`, a file whose size, mtime and inode are unchanged is not hashed again.
+    """
     files = []
     for path in paths:
+        if not path.exists():
+            msg = f"input not found: {path}"
+            raise DataError(msg)
         files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    return [describe_file(f) for f in files]
+    return [
+        {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_cached(f, stat_cache)}
+        for f in files
+    ]
 
 
 def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()

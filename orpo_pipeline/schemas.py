@@ -13,7 +13,9 @@ from orpo_pipeline.train.config import TrainConfig
 
 def schema_models() -> dict[str, type[BaseModel]]:
     """File name -> model, for every exported schema."""
-    models: dict[str, type[BaseModel]] = {f"{name}.schema.json": m for name, m in RECORD_MODELS.items()}
+    models: dict[str, type[BaseModel]] = {
+        f"{name}.schema.json": m for name, m in RECORD_MODELS.items()
+    }
     models["pipeline.schema.json"] = PipelineSpec
     models["train_config.schema.json"] = TrainConfig
     return models
@@ -21,7 +23,10 @@ def schema_models() -> dict[str, type[BaseModel]]:
 
 def render_schema(model: type[BaseModel]) -> str:
     """The model's JSON Schema as stable, pretty JSON."""
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **model.model_json_schema()}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **model.model_json_schema(),
+    }
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 
 

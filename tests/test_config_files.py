@@ -32,12 +32,14 @@ def test_errors_name_the_yaml_path(tmp_path):
     path = write(tmp_path, "name: x\nstages:\n  - stage: filter\n    min_response_chars: -1\n")
     with pytest.raises(ConfigError) as error:
         load_config(path, Recipe)
-    assert f"{path}: stages.0.filter.min_response_chars: Input should be greater" in str(error.value)
+    assert f"{path}: stages.0.filter.min_response_chars: Input should be greater" in str(
+        error.value
+    )
 
 
 def test_unknown_stage_and_unknown_key_are_reported(tmp_path):
     path = write(tmp_path, "name: x\nstages:\n  - stage: dedup\n")
-    with pytest.raises(ConfigError, match="stages.0: Input tag 'dedup'"):
+    with pytest.raises(ConfigError, match=r"stages\.0: Input tag 'dedup'"):
         load_config(path, Recipe)
     path = write(tmp_path, "name: x\ncolour: red\n")
     with pytest.raises(ConfigError, match="colour: Extra inputs are not permitted"):
