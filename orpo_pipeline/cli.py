@@ -136,3 +136,80 @@ def schema_export(directory: Path, *, check: bool) -> None:
         msg = f"schemas out of date: {', '.join(drifted)}; run `orpo-pipeline schema export`"
         raise click.ClickException(msg)
     click.echo(f"{'checked' if check else 'wrote'} schemas in {directory}")
+
+
+runs_root_option = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Directory searched for runs.",
+)
+
+
+@cli.group()
+def runs() -> None:
+    """List, show, compare and verify data and training runs."""
+
+
+@runs.command("list")
+@runs_root_option
+def runs_list(root: Path) -> None:
+    """List runs under ROOT, oldest first."""
+    from orpo_pipeline.runs import find_runs, load_manifest
+
+    table = Table()
+    for column in ("run", "kind", "created", "git", "path"):
+        table.add_column(column)
+    for run_dir in find_runs(root):
+        manifest = load_manifest(run_dir)
+        sha = (manifest["git"].get("sha") or "-")[:10]
+        dirty = "-dirty" if manifest["git"].get("dirty") else ""
+        table.add_row(
+            manifest["run_id"], manifest["kind"], manifest["created"], sha + dirty, str(run_dir)
+        )
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run")
+@runs_root_option
+def runs_show(run: str, root: Path) -> None:
+    """Print a run's manifest (RUN is a run directory or id)."""
+    from orpo_pipeline.runs import load_manifest, resolve_run
+
+    console.print_json(data=load_manifest(resolve_run(run, root)))
+
+
+@runs.command("diff")
+@click.argument("run_a")
+@click.argument("run_b")
+@runs_root_option
+def runs_diff(run_a: str, run_b: str, root: Path) -> None:
+    """Say which inputs, outputs, config keys, code and packages differ between two runs."""
+    from orpo_pipeline.runs import diff_manifests, load_manifest, resolve_run
+
+    changes = diff_manifests(
+        load_manifest(resolve_run(run_a, root)), load_manifest(resolve_run(run_b, root))
+    )
+    for section, items in changes.items():
+        if not items:
+            console.print(f"{section}: same")
+            continue
+        console.print(f"{section}:")
+        for key, (before, after) in items.items():
+            console.print(f"  {key}: {before!r} -> {after!r}", markup=False)
+
+
+@runs.command("verify")
+@click.argument("run")
+@runs_root_option
+def runs_verify(run: str, root: Path) -> None:
+    """Rehash a run's inputs and check code and packages: can it be reproduced as things stand?"""
+    from orpo_pipeline.runs import load_manifest, resolve_run, verify_run
+
+    problems = verify_run(load_manifest(resolve_run(run, root)))
+    if problems:
+        msg = "not reproducible as it stands:\n  " + "\n  ".join(problems)
+        raise click.ClickException(msg)
+    click.echo("reproducible: inputs, code and packages match the manifest")

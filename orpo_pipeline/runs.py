@@ -122,3 +122,83 @@ def write_manifest(
     }
     write_text(json.dumps(manifest, indent=2) + "\n", run_dir / "manifest.json")
     return manifest
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every directory under `root` holding a manifest, oldest first."""
+    manifests = sorted(root.rglob("manifest.json"), key=lambda p: p.stat().st_mtime)
+    return [m.parent for m in manifests]
+
+
+def resolve_run(name: str, root: Path) -> Path:
+    """A run directory from its path or its id (directory name) under `root`."""
+    if (Path(name) / "manifest.json").exists():
+        return Path(name)
+    matches = [run for run in find_runs(root) if run.name == name]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        msg = f"{found} named {name!r} under {root}; pass the run directory instead"
+        raise DataError(msg)
+    return matches[0]
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest of a run directory."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        msg = f"cannot read {run_dir / 'manifest.json'}: {error}"
+        raise DataError(msg) from error
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for key, inner in value.items():
+            items.update(_flatten(inner, f"{prefix}{key}."))
+        return items
+    return {prefix.rstrip("."): value}
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:
+    keys = sorted(set(before) | set(after))
+    return {k: [before.get(k), after.get(k)] for k in keys if before.get(k) != after.get(k)}
+
+
+def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """What changed from run a to run b: inputs, outputs, config keys, code and packages."""
+
+    def by_path(files: list[dict[str, Any]]) -> dict[str, Any]:
+        return {f["path"]: f["sha256"] for f in files}
+
+    return {
+        "inputs": _changes(by_path(a["inputs"]), by_path(b["inputs"])),
+        "outputs": _changes(by_path(a["outputs"]), by_path(b["outputs"])),
+        "config": _changes(_flatten(a["config"]), _flatten(b["config"])),
+        "code": _changes(a["git"], b["git"]),
+        "packages": _changes(a["environment"]["packages"], b["environment"]["packages"]),
+    }
+
+
+def verify_run(manifest: dict[str, Any]) -> list[str]:
+    """Reasons the run cannot be reproduced as things stand now (empty when it can)."""
+    problems = []
+    for entry in manifest["inputs"]:
+        path = Path(entry["path"])
+        if not path.exists():
+            problems.append(f"input missing: {path}")
+        elif sha256_cached(path, None) != entry["sha256"]:
+            problems.append(f"input changed: {path}")
+    then, now = manifest["git"], git_state()
+    if then.get("dirty"):
+        problems.append("the run was made from uncommitted code")
+    if then.get("sha") != now.get("sha") or now.get("dirty"):
+        problems.append(
+            f"code differs: run at {then.get('sha')}, now at {now.get('sha')}"
+            f"{' (dirty)' if now.get('dirty') else ''}"
+        )
+    for package, version in _changes(
+        manifest["environment"]["packages"], environment()["packages"]
+    ).items():
+        problems.append(f"package {package}: {version[0]} then, {version[1]} now")
+    return problems
