@@ -82,13 +82,8 @@ def data(recipe: Path, overrides: tuple[str, ...]) -> None:
         table.add_column(column)
     for stage in report.stages:
         reasons = ", ".join(f"{reason} {count}" for reason, count in stage.rejected.items())
-        table.add_row(
-            stage.stage,
-            str(stage.rows_in),
-            str(stage.rows_out),
-            reasons or "-",
-            f"{stage.seconds:.2f}",
-        )
+        seconds = f"{stage.seconds:.2f}" + (" (cached)" if stage.cached else "")
+        table.add_row(stage.stage, str(stage.rows_in), str(stage.rows_out), reasons or "-", seconds)
     console.print(table)
     outputs = ", ".join(f"{name} ({rows} pairs)" for name, rows in report.outputs.items())
     console.print(f"wrote {outputs} to {report.output_dir}")
@@ -111,6 +106,48 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
 
     result = run_training(load_config(config, TrainConfig, overrides))
     console.print(result.summary())
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.argument("prompt", required=False)
+@click.option("--system", default=None, help="System message to put first.")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--temperature",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="0 means greedy.",
+)
+def generate(
+    model_name: str,
+    prompt: str | None,
+    system: str | None,
+    max_new_tokens: int,
+    temperature: float,
+) -> None:
+    """Try a model: reply to PROMPT, or chat turn by turn when PROMPT is omitted.
+
+    MODEL is `default`, a local checkpoint (e.g. runs/train/<run>/final) or an HF hub id.
+
+    \b
+    Example:
+      orpo-pipeline generate runs/train/default-20261124-120000-1a2b3c4d/final "Hi!"
+    """
+    from orpo_pipeline.generation import generate_replies
+    from orpo_pipeline.models import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(model_name), load_model(model_name)
+    history = [{"role": "system", "content": system}] if system else []
+    turns = [prompt] if prompt is not None else iter(lambda: click.prompt("you", default=""), "")
+    for turn in turns:
+        history.append({"role": "user", "content": turn})
+        (reply,) = generate_replies(
+            model, tokenizer, [history], max_new_tokens=max_new_tokens, temperature=temperature
+        )
+        history.append({"role": "assistant", "content": reply})
+        click.echo(reply if prompt is not None else f"model: {reply}")
 
 
 @cli.group()

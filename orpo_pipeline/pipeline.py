@@ -143,6 +143,11 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
         )
         frame, parent = kept, key
 
+    written = {f"{i:02d}_{r.stage}.jsonl" for i, r in enumerate(reports)}
+    for stale in (out_dir / "rejects").glob("[0-9][0-9]_*.jsonl"):
+        if stale.name not in written:
+            stale.unlink()  # left by an earlier run of a longer recipe into the same directory
+
     if SPLIT in frame.columns:
         parts = {
             f"{name}.{spec.output_format}": frame.filter(pl.col(SPLIT) == name)

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -92,13 +91,6 @@ def test_default_name_provisions_into_the_cache(tmp_path, monkeypatch):
     (checkpoint / COMPLETE).write_text("done\n")
     monkeypatch.setenv("ORPO_PIPELINE_CACHE", str(tmp_path))
     assert resolve_model("default") == str(checkpoint)
-
-
-@pytest.fixture(scope="session")
-def default_checkpoint(tmp_path_factory) -> Path:
-    configured = os.environ.get("ORPO_PIPELINE_CACHE")
-    cache = Path(configured) if configured else tmp_path_factory.mktemp("orpo-cache")
-    return provision_default_model(cache)
 
 
 @pytest.mark.integration

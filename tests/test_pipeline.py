@@ -26,7 +26,7 @@ def write_hh(path, rows):
 @pytest.fixture
 def recipe(tmp_path):
     rows = [hh_row(f"question {i}", f"good answer {i}", f"bad answer {i}") for i in range(40)]
-    rows += [rows[3], hh_row("same", "identical", "identical"), "{not json", hh_row("q", "", "x")]
+    rows += [rows[3], hh_row("same", "an  answer", "an answer"), "{not json", hh_row("q", "", "x")]
     write_hh(tmp_path / "hh.jsonl.gz", rows)
     spec = {
         "name": "tiny",

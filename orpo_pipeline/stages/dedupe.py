@@ -14,7 +14,7 @@ class DedupeConfig(StageConfig):
     """Reject every later copy of a pair (or of a prompt) as `duplicate`."""
 
     stage: Literal["dedupe"] = "dedupe"
-    on: Literal["pair", "prompt"] = "pair"
+    scope: Literal["pair", "prompt"] = "pair"
     """Compare whole pairs, or prompts only (one pair per prompt)."""
     casefold: bool = False
     """Ignore case when comparing (NFKC and whitespace are always normalised)."""
@@ -24,7 +24,7 @@ def dedupe(lf: pl.LazyFrame, config: DedupeConfig) -> pl.LazyFrame:
     """Tag all but the first row (by `_row`) of each group of equal normalised text."""
     keys = [
         normalized(messages_text(column), casefold=config.casefold).alias(f"_key_{column}")
-        for column in KEY_COLUMNS[config.on]
+        for column in KEY_COLUMNS[config.scope]
     ]
     first_seen = pl.int_range(pl.len()).over(keys, order_by=ROW) == 0
     return tag_rejects(lf, {"duplicate": first_seen})

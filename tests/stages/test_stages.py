@@ -86,7 +86,7 @@ def test_dedupe_keeps_the_first_row_in_source_order(frame_of):
     lf = frame_of(*rows).reverse()
     tagged = dedupe(lf, DedupeConfig()).sort("_row").collect()[REASON].to_list()
     assert tagged == [None, "duplicate", None, None]
-    by_prompt = dedupe(lf, DedupeConfig(on="prompt", casefold=True)).sort("_row").collect()
+    by_prompt = dedupe(lf, DedupeConfig(scope="prompt", casefold=True)).sort("_row").collect()
     assert by_prompt[REASON].to_list() == [None, "duplicate", "duplicate", "duplicate"]
 
 
