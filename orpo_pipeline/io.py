@@ -12,6 +12,9 @@ import polars as pl
 
 from orpo_pipeline.errors import OrpoPipelineError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
@@ -26,6 +29,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     temp = Path(name)
     try:
         yield temp
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get normal modes
         os.replace(temp, final)
     except OSError as error:
         msg = f"cannot write {final}: {error.strerror}"

@@ -79,7 +79,7 @@ class Completion(Record):
     score: float | None = None
     """A scalar quality score (higher is better), where known."""
     rank: int | None = None
-    """Position in a ranking (0 is best), where known."""
+    """Position in a ranking, lower is better (0 or 1 is the best, as the source numbers it)."""
     aspects: dict[str, float | None] = {}
     """Per-aspect ratings (e.g. helpfulness, honesty); None where the source says N/A."""
 

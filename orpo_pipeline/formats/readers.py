@@ -1,0 +1,221 @@
+"""Readers: every supported file kind as a stream of rows, bad rows included with a reason.
+
+JSONL is read line by line (split on `\\n` only: real files hold U+2028 inside strings), Parquet in
+record batches, CSV record by record and `datasets` folders through memory-mapped Arrow, so memory
+stays bounded. A `.json` document is parsed whole; use JSONL for large data.
+"""
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from orpo_pipeline.errors import DataError
+
+MAX_RAW_CHARS = 4096
+"""Rejected rows keep at most this many characters of their original text."""
+
+PARQUET_BATCH_ROWS = 4096
+
+
+class SourceRow(NamedTuple):
+    """One input row that parsed as an object; `line` is the 1-based line or array position."""
+
+    line: int
+    value: dict[str, Any]
+    raw: str | None = None
+    """The original text where the reader has it (JSONL); otherwise it is re-serialised."""
+
+    def raw_text(self) -> str:
+        """The row's text, truncated to `MAX_RAW_CHARS`."""
+        text = self.raw if self.raw is not None else json.dumps(self.value, ensure_ascii=False)
+        return text[:MAX_RAW_CHARS]
+
+
+class BadRow(NamedTuple):
+    """One input row that could not be read; `reason` is `invalid_utf8`, `invalid_json` or
+    `not_an_object`."""
+
+    line: int
+    reason: str
+    detail: str
+    raw: str
+
+
+def input_kind(path: Path) -> str:
+    """Reader name for a path: 'jsonl', 'json', 'parquet', 'csv' or 'datasets'.
+
+    Raises:
+        DataError: the path is missing or of an unknown kind.
+    """
+    name = path.name.lower()
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return "datasets"
+        msg = f"{path} is a folder but not a `datasets` save_to_disk folder (no dataset_info.json)"
+        raise DataError(msg)
+    if not path.exists():
+        msg = f"input file {path} does not exist"
+        raise DataError(msg)
+    for suffix, kind in READER_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    msg = (
+        f"cannot read {path}: unknown file kind. Supported: "
+        f"{', '.join(READER_SUFFIXES)} and `datasets` save_to_disk folders"
+    )
+    raise DataError(msg)
+
+
+def read_rows(path: Path) -> Iterator[SourceRow | BadRow]:
+    """Every row of `path` in file order, as a `SourceRow` or a `BadRow`.
+
+    Blank lines of a JSONL file are not rows.
+
+    Raises:
+        DataError: the file as a whole cannot be read (not gzip, a JSON document that does not
+            parse or holds no array, non-UTF-8 JSON document).
+    """
+    return READERS[input_kind(path)](path)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+
+
+def _read_jsonl(path: Path) -> Iterator[SourceRow | BadRow]:
+    with _open_binary(path) as stream:
+        try:
+            # Binary iteration splits on b"\n" only, never on U+2028 or other line breaks.
+            for number, line_bytes in enumerate(stream, start=1):
+                if not line_bytes.strip():
+                    continue
+                yield _parse_json_line(number, line_bytes)
+        except (gzip.BadGzipFile, EOFError) as error:
+            msg = f"{path} is not a valid gzip file: {error}"
+            raise DataError(msg) from error
+
+
+def _parse_json_line(number: int, line_bytes: bytes) -> SourceRow | BadRow:
+    line_bytes = line_bytes.rstrip(b"\r\n")
+    try:
+        text = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raw = line_bytes.decode("utf-8", errors="replace")[:MAX_RAW_CHARS]
+        detail = f"byte {line_bytes[error.start]:#04x} at column {error.start + 1} is not UTF-8"
+        return BadRow(number, "invalid_utf8", detail, raw)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        detail = f"{error.msg} at column {error.colno}"
+        return BadRow(number, "invalid_json", detail, text[:MAX_RAW_CHARS])
+    if not isinstance(value, dict):
+        detail = f"the line holds a JSON {type(value).__name__}, not an object"
+        return BadRow(number, "not_an_object", detail, text[:MAX_RAW_CHARS])
+    return SourceRow(number, value, text)
+
+
+def _read_json(path: Path) -> Iterator[SourceRow | BadRow]:
+    with _open_binary(path) as stream:
+        data = stream.read()
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        msg = f"{path} is not UTF-8: byte {data[error.start]:#04x} at offset {error.start}"
+        raise DataError(msg) from error
+    except json.JSONDecodeError as error:
+        msg = (
+            f"{path} is not a JSON document ({error.msg} at line {error.lineno} column "
+            f"{error.colno}); if it holds one object per line, name it .jsonl"
+        )
+        raise DataError(msg) from error
+    items = _json_items(path, document)
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, dict):
+            yield SourceRow(number, item)
+        else:
+            raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
+            detail = f"array item is a JSON {type(item).__name__}, not an object"
+            yield BadRow(number, "not_an_object", detail, raw)
+
+
+def _json_items(path: Path, document: Any) -> list[Any]:
+    """An array, or the arrays of an object such as {'train': [...], 'test': [...]}, in order."""
+    if isinstance(document, list):
+        return document
+    if (
+        isinstance(document, dict)
+        and document
+        and all(isinstance(value, list) for value in document.values())
+    ):
+        return [item for value in document.values() for item in value]
+    keys = sorted(document)[:10] if isinstance(document, dict) else []
+    msg = (
+        f"{path} holds a JSON {type(document).__name__}"
+        + (f" with keys {keys}" if keys else "")
+        + "; expected an array of records or an object whose values are arrays of records"
+    )
+    raise DataError(msg)
+
+
+def _read_parquet(path: Path) -> Iterator[SourceRow | BadRow]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for item in batch.to_pylist():
+            number += 1
+            yield SourceRow(number, item)
+
+
+def _read_csv(path: Path) -> Iterator[SourceRow | BadRow]:
+    # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is rejected
+    # instead of the whole file failing.
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as stream:
+        for number, record in enumerate(csv.DictReader(stream), start=1):
+            if any(_has_surrogate(value) for value in record.values()):
+                raw = json.dumps(record, ensure_ascii=False, default=str)
+                raw = raw.encode("utf-8", errors="replace").decode("utf-8")[:MAX_RAW_CHARS]
+                yield BadRow(
+                    number, "invalid_utf8", "the record holds bytes that are not UTF-8", raw
+                )
+            else:
+                yield SourceRow(number, {key: value for key, value in record.items() if key})
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_surrogate(item) for item in value)
+    return isinstance(value, str) and any("\udc80" <= char <= "\udcff" for char in value)
+
+
+def _read_datasets(path: Path) -> Iterator[SourceRow | BadRow]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    number = 0
+    for split in splits:
+        for item in split:
+            number += 1
+            yield SourceRow(number, item)
+
+
+READER_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".json.gz": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
+READERS = {
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "parquet": _read_parquet,
+    "csv": _read_csv,
+    "datasets": _read_datasets,
+}

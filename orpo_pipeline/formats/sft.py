@@ -1,0 +1,306 @@
+"""SFT data (ShareGPT, OpenAI messages, Alpaca, prompt/completion) and unpaired KTO data -> pairs.
+
+An SFT row's last assistant message is the chosen answer; the rejected answer comes from
+`options.negatives`:
+
+- `model`: a model's own answer to the prompt (batched generation, cached; see `generate.py`);
+- `other_prompt`: the answer of another row, picked without regard to row order;
+- `truncated`: the chosen answer cut to its first `truncate_fraction` of words.
+
+Pairs whose rejected answer was made this way carry `#rejected=<negatives>` in `source`.
+KTO rows pair desirable with undesirable answers to the same prompt; prompts with only desirable
+answers go the SFT route.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from orpo_pipeline.formats.conversation import any_messages, messages, prompt_messages
+from orpo_pipeline.formats.options import ConvertOptions
+from orpo_pipeline.formats.preference import alpaca_prompt
+from orpo_pipeline.formats.rows import (
+    MessageDict,
+    Pair,
+    Pending,
+    RowError,
+    check_pair,
+    check_prompt,
+    field,
+    list_field,
+    text_field,
+)
+from orpo_pipeline.records import SFTRecord
+
+
+def parse_sharegpt(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
+    """ShareGPT: `conversations[{from, value}]` (human/gpt/system/...), optional `system`."""
+    system = row.get("system") if isinstance(row.get("system"), str) else None
+    conversation = prompt_messages(
+        list_field(row, "conversations"), where="'conversations'", system=system
+    )
+    return [_sft(conversation)]
+
+
+def is_sharegpt(row: dict[str, Any]) -> bool:
+    """`conversations` is a list of objects with `from`."""
+    conversations = row.get("conversations")
+    return isinstance(conversations, list) and bool(conversations) and "from" in conversations[0]
+
+
+def parse_openai_messages(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
+    """OpenAI chat: `messages[{role, content}]`; content may be text parts or a text object."""
+    return [_sft(any_messages(list_field(row, "messages"), where="'messages'"))]
+
+
+def is_openai_messages(row: dict[str, Any]) -> bool:
+    """`messages` is a list of objects with `role`."""
+    value = row.get("messages")
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and isinstance(value[0], dict)
+        and "role" in value[0]
+    )
+
+
+def parse_alpaca(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
+    """Alpaca: `instruction` (+ `input`, `system`, `history`) and `output`; or self-instruct's
+    `instruction` with `instances[{input, output}]`, one record per instance."""
+    if isinstance(row.get("instances"), list):
+        records = []
+        for index, instance in enumerate(row["instances"]):
+            if not isinstance(instance, dict):
+                raise RowError(
+                    reason="wrong_type", detail=f"instances[{index}] should be an object"
+                )
+            merged = {**row, "input": instance.get("input"), "output": instance.get("output")}
+            answer = text_field(merged, "output")
+            records.append(_sft([*alpaca_prompt(merged), _assistant(answer)]))
+        return records
+    return [_sft([*alpaca_prompt(row), _assistant(text_field(row, "output"))])]
+
+
+def is_alpaca(row: dict[str, Any]) -> bool:
+    """`instruction` with a string `output` or an `instances` list."""
+    return isinstance(row.get("instruction"), str) and (
+        isinstance(row.get("output"), str) or isinstance(row.get("instances"), list)
+    )
+
+
+def parse_prompt_completion(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
+    """Prompt/completion rows: legacy OpenAI strings or TRL conversational message lists."""
+    prompt = prompt_messages(field(row, "prompt"), where="'prompt'")
+    completion = field(row, "completion")
+    if isinstance(completion, str):
+        return [_sft([*prompt, _assistant(completion)])]
+    return [_sft([*prompt, *any_messages(completion, where="'completion'")])]
+
+
+def is_prompt_completion(row: dict[str, Any]) -> bool:
+    """`prompt` and `completion` are present."""
+    return "prompt" in row and "completion" in row
+
+
+class Unpaired(NamedTuple):
+    """One KTO row: a prompt, an answer and whether the answer is desirable."""
+
+    prompt: list[MessageDict]
+    answer: str
+    desirable: bool
+
+
+def parse_kto(row: dict[str, Any], options: ConvertOptions) -> list[Unpaired]:
+    """KTO rows: `messages` ending with the answer (LLaMA-Factory) or `prompt` + `completion`
+    (TRL unpaired), with a boolean `label`."""
+    label = field(row, "label")
+    if not isinstance(label, bool):
+        raise RowError(
+            reason="wrong_type", detail=f"field 'label' should be true or false, got {label!r}"
+        )
+    if "messages" in row:
+        conversation = messages(list_field(row, "messages"), where="'messages'")
+        record = _sft(conversation)
+    else:
+        record = parse_prompt_completion(row, options)[0]
+    conversation = [message.model_dump() for message in record.messages]
+    return [Unpaired(conversation[:-1], conversation[-1]["content"], label)]
+
+
+def is_kto(row: dict[str, Any]) -> bool:
+    """A boolean `label` with `messages` or `prompt` + `completion`."""
+    return isinstance(row.get("label"), bool) and (
+        "messages" in row or ("prompt" in row and "completion" in row)
+    )
+
+
+def _assistant(text: str) -> MessageDict:
+    return {"role": "assistant", "content": text}
+
+
+def _sft(conversation: list[MessageDict]) -> SFTRecord:
+    if not conversation or conversation[-1]["role"] != "assistant":
+        last = conversation[-1]["role"] if conversation else "nothing"
+        detail = f"the conversation ends with {last}, not with an assistant answer"
+        raise RowError(reason="no_final_answer", detail=detail)
+    if len(conversation) < 2:
+        detail = "the conversation has an answer but no prompt"
+        raise RowError(reason="empty_prompt", detail=detail)
+    return SFTRecord(messages=conversation)
+
+
+class _Target(NamedTuple):
+    """One SFT answer to find a rejected answer for, with the row it came from."""
+
+    index: int
+    prompt: list[MessageDict]
+    answer: str
+
+
+def sft_pairs(
+    pending: list[Pending], options: ConvertOptions
+) -> Iterator[tuple[Pending, list[Pair] | RowError]]:
+    """Pairs from SFT rows, in input order: each row gets its pairs or the reason it has none."""
+    targets = []
+    pairs: dict[int, list[Pair]] = {}
+    errors: dict[int, RowError] = {}
+    for index, item in enumerate(pending):
+        for record in item.records:
+            conversation = [message.model_dump() for message in record.messages]
+            answer = conversation[-1]["content"].strip()
+            try:
+                check_prompt(conversation[:-1])  # before any generation is spent on the row
+            except RowError as error:
+                errors.setdefault(index, error)
+                continue
+            if not answer:
+                detail = "the chosen answer is empty"
+                errors.setdefault(index, RowError(reason="empty_response", detail=detail))
+                continue
+            targets.append(_Target(index, conversation[:-1], answer))
+    rejected_answers = NEGATIVES[options.negatives](targets, options)
+    for target, rejected in zip(targets, rejected_answers, strict=True):
+        if isinstance(rejected, RowError):
+            errors.setdefault(target.index, rejected)
+            continue
+        try:
+            pair = check_pair(Pair(target.prompt, target.answer, rejected))
+        except RowError as error:
+            errors.setdefault(target.index, error)
+            continue
+        pairs.setdefault(target.index, []).append(pair)
+    label = f"#rejected={options.negatives}"
+    for index, item in enumerate(pending):
+        if index in pairs:
+            yield item._replace(source=item.source + label), pairs[index]
+        else:
+            yield item, errors[index]
+
+
+def truncated_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+    """Each answer cut after its first `truncate_fraction` of words (at least one word kept)."""
+    results: list[str | RowError] = []
+    for target in targets:
+        words = list(re.finditer(r"\S+", target.answer))
+        keep = max(1, int(len(words) * options.truncate_fraction))
+        if keep >= len(words):
+            detail = f"the answer has {len(words)} word(s); too short to truncate"
+            results.append(RowError(reason="answer_too_short", detail=detail))
+        else:
+            results.append(target.answer[: words[keep - 1].end()])
+    return results
+
+
+def other_prompt_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+    """Each answer paired with the answer of another prompt.
+
+    The targets are put in the order of sha256(seed, prompt, answer); each takes the answer of
+    the next target in that cycle whose prompt and answer differ from its own. The choice
+    therefore depends on the set of rows and the seed, never on the rows' order.
+    """
+
+    def digest(target: _Target) -> str:
+        payload = json.dumps([options.seed, target.prompt, target.answer], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    cycle = sorted(range(len(targets)), key=lambda position: digest(targets[position]))
+    results: list[str | RowError] = [
+        RowError(reason="no_other_answer", detail="no other prompt has a different answer")
+    ] * len(targets)
+    for place, position in enumerate(cycle):
+        own = targets[position]
+        for step in range(1, len(cycle)):
+            other = targets[cycle[(place + step) % len(cycle)]]
+            if other.prompt != own.prompt and other.answer != own.answer and other.answer:
+                results[position] = other.answer
+                break
+    return results
+
+
+def model_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+    """Each prompt answered by `options.model` (cached by model, prompt and settings)."""
+    from orpo_pipeline.formats.generate import generate_answers
+
+    return list(generate_answers([target.prompt for target in targets], options))
+
+
+NEGATIVES = {
+    "model": model_answers,
+    "other_prompt": other_prompt_answers,
+    "truncated": truncated_answers,
+}
+"""Negatives option -> function giving one rejected answer (or the reason there is none) per
+target."""
+
+
+def unpaired_pairs(
+    pending: list[Pending], options: ConvertOptions
+) -> Iterator[tuple[Pending, list[Pair] | RowError]]:
+    """Pairs from KTO rows: every desirable x undesirable answer to the same prompt.
+
+    A pair is attributed to its undesirable row. Prompts with only desirable answers go the SFT
+    route (`options.negatives`); prompts with only undesirable answers are rejected.
+    """
+    by_prompt: dict[str, list[int]] = {}
+    for index, item in enumerate(pending):
+        unpaired: Unpaired = item.records[0]
+        by_prompt.setdefault(json.dumps(unpaired.prompt, sort_keys=True), []).append(index)
+    outcomes: dict[int, tuple[Pending, list[Pair] | RowError]] = {}
+    sft_route: list[int] = []
+    for indices in by_prompt.values():
+        desirable = [i for i in indices if pending[i].records[0].desirable]
+        undesirable = [i for i in indices if not pending[i].records[0].desirable]
+        paired = False
+        for i in undesirable:
+            outcome = _kto_pairs([pending[d].records[0] for d in desirable], pending[i].records[0])
+            outcomes[i] = (pending[i], outcome)
+            paired = paired or isinstance(outcome, list)
+        if paired:
+            outcomes.update({i: (pending[i], []) for i in desirable})
+        else:
+            sft_route += desirable
+    sft_route.sort()
+    sft_items = [pending[i]._replace(records=[_as_sft(pending[i].records[0])]) for i in sft_route]
+    for index, outcome in zip(sft_route, sft_pairs(sft_items, options), strict=True):
+        outcomes[index] = outcome
+    for index in range(len(pending)):
+        yield outcomes[index]
+
+
+def _as_sft(unpaired: Unpaired) -> SFTRecord:
+    return SFTRecord(messages=[*unpaired.prompt, _assistant(unpaired.answer)])
+
+
+def _kto_pairs(desirable: list[Unpaired], undesirable: Unpaired) -> list[Pair] | RowError:
+    if not desirable:
+        detail = "no desirable answer to this prompt to pair the undesirable one with"
+        return RowError(reason="no_desirable_answer", detail=detail)
+    pairs, errors = [], []
+    for good in desirable:
+        try:
+            pairs.append(check_pair(Pair(good.prompt, good.answer, undesirable.answer)))
+        except RowError as error:
+            errors.append(error)
+    return pairs or errors[0]

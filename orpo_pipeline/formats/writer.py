@@ -1,0 +1,115 @@
+"""`write_pairs`: the canonical pair file plus its rejects, provenance and report, atomically."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from orpo_pipeline.errors import ConfigError
+from orpo_pipeline.formats.convert import ConversionResult
+from orpo_pipeline.io import atomic_path, sha256_file, write_text
+from orpo_pipeline.records import PAIR_SCHEMA
+
+OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+PARQUET_METADATA_KEY = "orpo_pipeline.conversion"
+
+
+def sidecar_paths(out: Path) -> dict[str, Path]:
+    """Where the files next to `out` go: 'pairs.parquet' -> 'pairs.rejects.parquet', ...."""
+    stem, suffix = out.name.removesuffix(out.suffix), out.suffix
+    return {
+        "pairs": out,
+        "rejects": out.with_name(f"{stem}.rejects{suffix}"),
+        "provenance": out.with_name(f"{stem}.provenance{suffix}"),
+        "report": out.with_name(f"{stem}.report.json"),
+    }
+
+
+def write_pairs(
+    result: ConversionResult, out: Path, *, rejects_path: Path | None = None
+) -> dict[str, Path]:
+    """Write the pairs to `out` (.parquet or .jsonl) and three files beside it.
+
+    - `out`: PAIR_SCHEMA columns only; Parquet also carries the conversion metadata under the
+      key `orpo_pipeline.conversion`.
+    - `<stem>.rejects<ext>` (or `rejects_path`): file, line, reason, detail, raw.
+    - `<stem>.provenance<ext>`: id, file, line of every pair, in output order.
+    - `<stem>.report.json`: format, options, input sha256s, row counts, rejects by reason.
+
+    Each file is written to a temporary name and renamed into place.
+
+    Returns:
+        The paths written, by role ('pairs', 'rejects', 'provenance', 'report').
+
+    Raises:
+        ConfigError: `out` has an unsupported extension.
+    """
+    if out.suffix not in OUTPUT_SUFFIXES:
+        msg = f"output {out} should end with .parquet or .jsonl"
+        raise ConfigError(msg)
+    paths = sidecar_paths(out)
+    if rejects_path is not None:
+        paths["rejects"] = rejects_path
+    report = conversion_report(result, paths)
+    pairs = result.pairs.select(PAIR_SCHEMA.names())
+    provenance = result.pairs.select("id", file="_file", line="_line")
+    _write_frame(pairs, out, metadata={PARQUET_METADATA_KEY: json.dumps(report["conversion"])})
+    _write_frame(result.rejects, paths["rejects"])
+    _write_frame(provenance, paths["provenance"])
+    write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", paths["report"])
+    return paths
+
+
+def conversion_report(result: ConversionResult, paths: dict[str, Path]) -> dict:
+    """The JSON report: what was converted, how, and what was rejected."""
+    return {
+        "conversion": {
+            "format": result.format,
+            "kind": result.kind,
+            "options": result.options.model_dump(mode="json", exclude_none=True),
+            "inputs": [
+                {"path": str(path), "sha256": None if path.is_dir() else sha256_file(path)}
+                for path in result.inputs
+            ],
+        },
+        "counts": {
+            "rows_in": result.rows_in,
+            "rows_converted": result.rows_converted,
+            "rows_rejected": result.rows_rejected,
+            "pairs_out": result.pairs.height,
+        },
+        "rejects_by_reason": result.reject_counts(),
+        "pairs_dropped_by_reason": result.pairs_dropped,
+        "files": {role: str(path) for role, path in paths.items()},
+    }
+
+
+def _write_frame(
+    frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None
+) -> None:
+    with atomic_path(path) as temp:
+        if path.suffix == ".parquet":
+            frame.write_parquet(temp, metadata=metadata)
+        else:
+            frame.write_ndjson(temp)
+
+
+def format_summary(result: ConversionResult) -> str:
+    """A plain-text table of the counts and the rejects by reason, for the CLI to print."""
+    lines = [
+        f"format          {result.format} ({result.kind})",
+        f"rows in         {result.rows_in}",
+        f"rows converted  {result.rows_converted}",
+        f"rows rejected   {result.rows_rejected}",
+        f"pairs out       {result.pairs.height}",
+    ]
+    counts = result.reject_counts()
+    if counts:
+        width = max(len(reason) for reason in counts)
+        lines += ["", f"{'rejected because':<{width}}  rows"]
+        lines += [f"{reason:<{width}}  {count}" for reason, count in counts.items()]
+    if result.pairs_dropped:
+        width = max(len(reason) for reason in result.pairs_dropped)
+        lines += ["", f"{'pairs left out because':<{width}}  pairs"]
+        lines += [f"{reason:<{width}}  {count}" for reason, count in result.pairs_dropped.items()]
+    return "\n".join(lines)

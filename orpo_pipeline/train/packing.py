@@ -1,0 +1,202 @@
+"""Prefix-shared, padding-free batches and a chunked LM head: the same ORPO loss, fewer FLOPs.
+
+Each pair becomes one segment `[prompt | chosen | rejected]`: the rejected tokens attend to the
+prompt and to themselves, never to the chosen tokens, and their positions restart where the prompt
+ends, so the prompt is computed once instead of twice. Several segments share a row (padding-free
+packing) under a block-diagonal mask. Log-probs come from the final hidden states of the positions
+the loss needs only, pushed through the LM head in chunks that are recomputed in the backward pass,
+so `[rows, T, V]` logits never exist.
+
+Shapes: R packed rows, T tokens per row, H hidden size, V vocabulary, N scored tokens, B pairs.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from orpo_pipeline.train.data import TokenizedPair
+from orpo_pipeline.train.loss import PairLogps
+
+PAD, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Token rows of prefix-shared pairs and, for every scored token, where it is predicted."""
+
+    input_ids: torch.Tensor  # (R, T) long
+    position_ids: torch.Tensor  # (R, T) long, restarting per pair and for the rejected branch
+    segment_ids: torch.Tensor  # (R, T) long, index of the pair in its row; -1 on padding
+    branch: torch.Tensor  # (R, T) long: PROMPT, CHOSEN, REJECTED or PAD
+    predictor: torch.Tensor  # (N,) long, flat index into R*T of the state that predicts target
+    target: torch.Tensor  # (N,) long
+    group: torch.Tensor  # (N,) long: pair i's chosen answer i, its rejected B+i, its prompt 2B+i
+    num_pairs: int
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask (R, 1, T, T): 0 where a query may attend to a key, dtype's min elsewhere.
+
+        A token sees the earlier tokens of its own pair, except that rejected tokens never see
+        chosen ones; every token sees itself, so padding rows stay finite.
+        """
+        width = self.input_ids.shape[1]
+        device = self.input_ids.device
+        same_pair = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        crosses = (self.branch[:, :, None] == REJECTED) & (self.branch[:, None, :] == CHOSEN)
+        allowed = (same_pair & causal & ~crosses) | torch.eye(
+            width, dtype=torch.bool, device=device
+        )
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def to(self, device: torch.device) -> "PackedBatch":
+        """The same batch on `device`."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return PackedBatch(**{k: v.to(device) if k != "num_pairs" else v for k, v in moved.items()})
+
+
+def _segment(pair: TokenizedPair) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, position ids and branch of one pair's `[prompt | chosen | rejected]`."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    ids = pair.prompt_ids + pair.chosen_ids + pair.rejected_ids
+    positions = [*range(p + c), *range(p, p + r)]
+    branch = [PROMPT] * p + [CHOSEN] * c + [REJECTED] * r
+    return ids, positions, branch
+
+
+def pack_pairs(
+    pairs: Sequence[TokenizedPair], *, max_row_tokens: int | None, pad_token_id: int
+) -> PackedBatch:
+    """Pack pairs into rows of at most `max_row_tokens` (one pair a row when None), first fit.
+
+    >>> batch = pack_pairs([TokenizedPair([1, 5], [6, 2], [7, 2]), TokenizedPair([1], [8], [9])],
+    ...                    max_row_tokens=None, pad_token_id=0)
+    >>> batch.input_ids
+    tensor([[1, 5, 6, 2, 7, 2],
+            [1, 8, 9, 0, 0, 0]])
+    >>> batch.position_ids
+    tensor([[0, 1, 2, 3, 2, 3],
+            [0, 1, 1, 0, 0, 0]])
+    >>> batch.target.tolist(), batch.group.tolist()
+    ([6, 2, 7, 2, 5, 8, 9], [0, 0, 2, 2, 4, 1, 3])
+    """
+    rows: list[list[int]] = []  # pair indices per row
+    lengths: list[int] = []
+    for index, pair in enumerate(pairs):
+        size = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+        if max_row_tokens is not None and size > max_row_tokens:
+            msg = f"a pair of {size} tokens does not fit a row of {max_row_tokens}"
+            raise ValueError(msg)
+        fits = [
+            i
+            for i, used in enumerate(lengths)
+            if max_row_tokens is not None and used + size <= max_row_tokens
+        ]
+        if fits:
+            rows[fits[0]].append(index)
+            lengths[fits[0]] += size
+        else:
+            rows.append([index])
+            lengths.append(size)
+    width = max(lengths)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segment_ids = torch.full(shape, PAD, dtype=torch.long)
+    branch = torch.full(shape, PAD, dtype=torch.long)
+    num_pairs = len(pairs)
+    predictor, target, group = [], [], []
+    for row, members in enumerate(rows):
+        offset = 0
+        for slot, index in enumerate(members):
+            pair = pairs[index]
+            ids, positions, kinds = _segment(pair)
+            span = slice(offset, offset + len(ids))
+            input_ids[row, span] = torch.tensor(ids)
+            position_ids[row, span] = torch.tensor(positions)
+            segment_ids[row, span] = slot
+            branch[row, span] = torch.tensor(kinds)
+            start = row * width + offset
+            p, c = len(pair.prompt_ids), len(pair.chosen_ids)
+            last_prompt = start + p - 1
+            # Chosen token j is predicted by the state before it; the first by the last prompt one.
+            predictor += [last_prompt, *range(start + p, start + p + c - 1)]
+            target += pair.chosen_ids
+            group += [index] * c
+            # Rejected token j likewise, its first token also from the last prompt state.
+            r = len(pair.rejected_ids)
+            predictor += [last_prompt, *range(start + p + c, start + p + c + r - 1)]
+            target += pair.rejected_ids
+            group += [num_pairs + index] * r
+            # The prompt's own tokens, for the NLL over prompt + chosen (position 0 is not scored).
+            predictor += list(range(start, start + p - 1))
+            target += pair.prompt_ids[1:]
+            group += [2 * num_pairs + index] * (p - 1)
+            offset += len(ids)
+    return PackedBatch(
+        input_ids,
+        position_ids,
+        segment_ids,
+        branch,
+        torch.tensor(predictor),
+        torch.tensor(target),
+        torch.tensor(group),
+        num_pairs,
+    )
+
+
+def _chunk_logps(lm_head: nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()  # (chunk, V), alive only inside this chunk
+    return logits.gather(-1, target[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+class PackedPolicy(nn.Module):
+    """Wraps a causal LM so one call turns a `PackedBatch` into the loss's `PairLogps`.
+
+    Wrapping (rather than calling parts of the model from the loop) keeps DDP and FSDP hooks on
+    the path: Accelerate prepares this module, and its forward runs the decoder and the LM head.
+    """
+
+    def __init__(self, model: nn.Module, *, chunk_tokens: int = 1024) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, batch: PackedBatch, *, nll_on_prompt: bool) -> PairLogps:
+        """Mean response log-probs of both answers and the chosen NLL sum, in fp32."""
+        decoder, lm_head = self.model.get_decoder(), self.model.get_output_embeddings()
+        mask = batch.attention_mask(next(lm_head.parameters()).dtype)
+        hidden = decoder(
+            input_ids=batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=mask,
+            use_cache=False,
+        ).last_hidden_state  # (R, T, H)
+        states = hidden.flatten(0, 1).index_select(0, batch.predictor)  # (N, H)
+        chunks = zip(
+            states.split(self.chunk_tokens), batch.target.split(self.chunk_tokens), strict=True
+        )
+        if torch.is_grad_enabled():  # recompute each chunk's logits in backward instead of keeping
+            logps = [
+                checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False) for h, t in chunks
+            ]
+        else:
+            logps = [_chunk_logps(lm_head, h, t) for h, t in chunks]
+        logps = torch.cat(logps)  # (N,)
+        num_pairs = batch.num_pairs
+        sums = torch.zeros(3 * num_pairs, device=logps.device).index_add(0, batch.group, logps)
+        counts = torch.zeros(3 * num_pairs, dtype=torch.long, device=logps.device).index_add(
+            0, batch.group, torch.ones_like(batch.group)
+        )
+        means = sums[: 2 * num_pairs] / counts[: 2 * num_pairs]
+        nll_sum, nll_tokens = -sums[:num_pairs].sum(), counts[:num_pairs].sum()
+        if nll_on_prompt:
+            nll_sum, nll_tokens = (
+                nll_sum - sums[2 * num_pairs :].sum(),
+                nll_tokens + counts[2 * num_pairs :].sum(),
+            )
+        return PairLogps(means[:num_pairs], means[num_pairs:], nll_sum, nll_tokens)

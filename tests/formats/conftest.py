@@ -1,0 +1,43 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_files
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+"""The real third-party files (read-only), checked out next to the repository."""
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Write rows (objects or raw strings) as JSON Lines."""
+    lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def convert(tmp_path):
+    """Convert rows written to a JSONL file: convert(rows, format=..., **knobs)."""
+
+    def run(rows: list, **options) -> ConversionResult:
+        path = write_jsonl(tmp_path / "input.jsonl", rows)
+        return convert_files([path], ConvertOptions(**options))
+
+    return run
+
+
+def texts(result: ConversionResult) -> list[tuple[str, str]]:
+    """(chosen, rejected) answer texts of every pair, in output order."""
+    return [
+        (chosen[0]["content"], rejected[0]["content"])
+        for chosen, rejected in result.pairs.select("chosen", "rejected").iter_rows()
+    ]
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
