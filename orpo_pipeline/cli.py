@@ -1,6 +1,7 @@
 """The `orpo-pipeline` command line: parse, call the library, print. No logic lives here."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -61,6 +62,108 @@ def model_default(cache_dir: Path | None) -> None:
     from orpo_pipeline.models import provision_default_model
 
     click.echo(provision_default_model(cache_dir))
+
+
+def convert_knob_options(command: Callable) -> Callable:
+    """One `--name` option per `ConvertOptions` knob, with the field's docstring as help."""
+    from types import UnionType
+    from typing import Literal, Union, get_args, get_origin
+
+    from orpo_pipeline.formats import ConvertOptions
+
+    for name, field in reversed(ConvertOptions.model_fields.items()):
+        if name in {"format", "mapping"}:
+            continue
+        kind = field.annotation
+        if get_origin(kind) in (UnionType, Union):  # `X | None`: the option type is X
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        click_type = click.Choice(get_args(kind)) if get_origin(kind) is Literal else kind
+        default = f" [default: {field.default}]" if field.default is not None else ""
+        command = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            type=click_type,
+            default=None,
+            help=(field.description or "").replace("\n", " ") + default,
+        )(command)
+    return command
+
+
+def _formats_epilog() -> str:
+    from orpo_pipeline.formats import FORMATS
+
+    lines = [f"  {name:<20} {fmt.looks_for}" for name, fmt in FORMATS.items()]
+    return "\b\nFormats (--format NAME; detected when omitted):\n" + "\n".join(lines)
+
+
+@cli.command(epilog=_formats_epilog())
+@click.argument(
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    metavar="INPUT...",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output pair file, .parquet or .jsonl; rejects, provenance and a report go beside it.",
+)
+@click.option("--format", "format_name", default=None, help="Input format (see the list below).")
+@click.option(
+    "--mapping",
+    default=None,
+    metavar="YAML",
+    help="Field mapping for any other layout: a YAML file or inline YAML, e.g. "
+    "'{prompt: question, chosen: good, rejected: bad}'.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where rejected rows go (default: OUTPUT-stem.rejects.*).",
+)
+@convert_knob_options
+def convert(
+    inputs: tuple[Path, ...],
+    output: Path,
+    format_name: str | None,
+    mapping: str | None,
+    rejects: Path | None,
+    **knobs: object,
+) -> None:
+    """Convert INPUT files of any supported format into canonical preference pairs.
+
+    Every input row ends up in OUTPUT or in the rejects file with its file, line and reason;
+    the summary table reconciles rows in with rows converted and rejected.
+
+    \b
+    Examples:
+      orpo-pipeline convert hh.jsonl.gz -o pairs.parquet
+      orpo-pipeline convert ultrafeedback.jsonl -o pairs.jsonl --rejected worst --min-margin 1
+      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives other_prompt
+      orpo-pipeline convert odd.csv -o pairs.parquet \\
+          --mapping '{prompt: question, chosen: good, rejected: bad}'
+    """
+    from orpo_pipeline.formats import (
+        ConvertOptions,
+        convert_files,
+        format_summary,
+        load_mapping,
+        write_pairs,
+    )
+
+    given = {name: value for name, value in knobs.items() if value is not None}
+    options = ConvertOptions(
+        format=format_name, mapping=load_mapping(mapping) if mapping else None, **given
+    )
+    result = convert_files(list(inputs), options)
+    written = write_pairs(result, output, rejects_path=rejects)
+    click.echo(format_summary(result))
+    for kind, path in written.items():
+        click.echo(f"wrote {kind}: {path}")
 
 
 @cli.command()

@@ -55,13 +55,26 @@ def test_counts_reconcile_and_every_removed_row_has_a_reason(recipe):
     assert {"duplicate", "chosen_equals_rejected"} <= rejected
     assert report.outputs["train.parquet"] + report.outputs["eval.parquet"] == stages[-1].rows_out
     out = report.output_dir
-    train, evaluation = pl.read_parquet(out / "train.parquet"), pl.read_parquet(out / "eval.parquet")
+    train, evaluation = (
+        pl.read_parquet(out / "train.parquet"),
+        pl.read_parquet(out / "eval.parquet"),
+    )
     assert not set(train["id"]) & set(evaluation["id"])
-    assert train.columns == ["id", "prompt", "chosen", "rejected", "source", "score_chosen",
-                             "score_rejected"]
+    assert train.columns == [
+        "id",
+        "prompt",
+        "chosen",
+        "rejected",
+        "source",
+        "score_chosen",
+        "score_rejected",
+    ]
     rejects = pl.concat(
-        [pl.read_ndjson(p).select("reason") for p in sorted((out / "rejects").glob("*.jsonl"))
-         if p.stat().st_size],
+        [
+            pl.read_ndjson(p).select("reason")
+            for p in sorted((out / "rejects").glob("*.jsonl"))
+            if p.stat().st_size
+        ],
     )
     total_rejected = sum(sum(s.rejected.values()) for s in report.stages)
     assert rejects.height == total_rejected
@@ -86,7 +99,11 @@ def test_a_changed_config_value_changes_only_later_stage_keys(recipe):
     changed = run_pipeline(load_config(recipe, PipelineSpec, ["stages.3.eval_size=12"]))
     assert [s.cached for s in changed.stages] == [True, True, True, True, False]
     assert [a.key == b.key for a, b in zip(first.stages, changed.stages, strict=True)] == [
-        True, True, True, True, False,
+        True,
+        True,
+        True,
+        True,
+        False,
     ]
 
 
@@ -108,21 +125,42 @@ def test_a_changed_input_row_changes_every_key_and_the_input_hash(recipe, tmp_pa
     assert any("input changed" in p for p in verify_run(before))
 
 
-@pytest.mark.parametrize("recipe_path", sorted((REPO / "pipelines").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_every_shipped_recipe_validates(recipe_path):
-    spec = load_config(recipe_path, PipelineSpec)
-    assert spec.stages
+EXPECTED_ROWS_IN = {
+    "default.yaml": 2312,
+    "oasst_trees.yaml": 100,
+    "alpaca_eval_judgments.yaml": 1610,
+    "sft_alpaca_to_pairs.yaml": 999,
+}
 
 
-def test_default_recipe_on_the_real_hh_file(tmp_path, monkeypatch):
+def test_every_shipped_recipe_is_tested():
+    assert {p.name for p in (REPO / "pipelines").glob("*.yaml")} == set(EXPECTED_ROWS_IN)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS_IN))
+def test_shipped_recipe_runs_on_the_real_data(name, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    spec = load_config(REPO / "pipelines" / "default.yaml", PipelineSpec,
-                       [f"output_dir={tmp_path / 'default'}"])
+    spec = load_config(REPO / "pipelines" / name, PipelineSpec, [f"output_dir={tmp_path}"])
     report = run_pipeline(spec)
-    convert = report.stages[0]
-    assert convert.rows_in == 2312
-    kept = sum(report.outputs.values())
-    removed = sum(sum(s.rejected.values()) for s in report.stages)
-    assert kept + removed == 2312
-    assert 90 <= report.outputs["eval.parquet"] <= 100
+    convert, *stages = report.stages
+    assert convert.rows_in == EXPECTED_ROWS_IN[name]
+    assert convert.rows_in >= sum(convert.rejected.values())
+    for before, stage in zip(report.stages, stages, strict=False):
+        assert stage.rows_in == before.rows_out == stage.rows_out + sum(stage.rejected.values())
+    assert sum(report.outputs.values()) == stages[-1].rows_out > 0
+    train, held_out = (pl.read_parquet(tmp_path / f) for f in ("train.parquet", "eval.parquet"))
+    prompts = [
+        set(f["prompt"].list.eval(pl.element().struct.field("content")).list.join("\n"))
+        for f in (train, held_out)
+    ]
+    assert not prompts[0] & prompts[1]
+
+
+def test_default_recipe_counts(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = load_config(
+        REPO / "pipelines" / "default.yaml", PipelineSpec, [f"output_dir={tmp_path}"]
+    )
+    report = run_pipeline(spec)
+    assert report.stages[0].rejected == {"empty_response": 4, "roles_not_alternating": 9}
+    assert report.outputs == {"train.parquet": 2199, "eval.parquet": 100}
