@@ -49,16 +49,22 @@ class StageCache:
         self.root = root
 
     def load(self, key: str) -> tuple[pl.DataFrame, pl.DataFrame, int] | None:
-        """The cached (kept, rejected, rows_in), or None when the key was never completed."""
+        """The cached (kept, rejected, rows_in), or None when the entry is missing or unreadable.
+
+        An entry that cannot be read (cut short by a crash or a partial copy) is removed so the
+        stage is recomputed and stored again.
+        """
         entry = self.root / key
         if not (entry / COMPLETE).exists():
             return None
-        rows_in = int((entry / COMPLETE).read_text())
-        return (
-            pl.read_parquet(entry / "kept.parquet"),
-            pl.read_parquet(entry / "rejected.parquet"),
-            rows_in,
-        )
+        try:
+            rows_in = int((entry / COMPLETE).read_text())
+            kept = pl.read_parquet(entry / "kept.parquet")
+            rejected = pl.read_parquet(entry / "rejected.parquet")
+        except (OSError, ValueError, pl.exceptions.PolarsError):
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+        return kept, rejected, rows_in
 
     def store(self, key: str, kept: pl.DataFrame, rejected: pl.DataFrame, *, rows_in: int) -> None:
         """Write both frames into a temp dir, mark it complete, then rename it into place."""
@@ -73,9 +79,20 @@ class StageCache:
             kept.write_parquet(temp / "kept.parquet")
             rejected.write_parquet(temp / "rejected.parquet")
             (temp / COMPLETE).write_text(str(rows_in))
+            for name in ("kept.parquet", "rejected.parquet", COMPLETE):
+                _fsync(temp / name)
+            if final.exists() and not (final / COMPLETE).exists():  # left by a torn write
+                shutil.rmtree(final, ignore_errors=True)
             temp.rename(final)
-        except OSError as error:
+        except (OSError, pl.exceptions.PolarsError) as error:  # polars raises its own on I/O
             shutil.rmtree(temp, ignore_errors=True)
             if not (final / COMPLETE).exists():  # else a concurrent run stored it first
-                msg = f"cannot write the stage cache entry {final}: {error.strerror}"
+                reason = error.strerror if isinstance(error, OSError) else None
+                msg = f"cannot write the stage cache entry {final}: {reason or error}"
                 raise OrpoPipelineError(msg) from error
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to disk so a rename never publishes a file cut short by a power loss."""
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())

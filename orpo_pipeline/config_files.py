@@ -47,6 +47,9 @@ def load_config(path: Path, model: type[Model], overrides: Sequence[str] = ()) -
     except OSError as error:
         msg = f"cannot read config {path}: {error.strerror}"
         raise ConfigError(msg) from error
+    except UnicodeDecodeError as error:
+        msg = f"{path} is not UTF-8 text: byte {error.object[error.start]:#04x} at {error.start}"
+        raise ConfigError(msg) from error
     except yaml.YAMLError as error:
         msg = f"{path}: not valid YAML: {error}"
         raise ConfigError(msg) from error

@@ -23,7 +23,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     except OSError as error:
-        msg = f"cannot write to {final.parent}: {error.strerror}"
+        msg = f"cannot write to {final.parent}: {error.strerror or error}"
         raise OrpoPipelineError(msg) from error
     os.close(fd)
     temp = Path(name)
@@ -31,8 +31,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield temp
         os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get normal modes
         os.replace(temp, final)
-    except OSError as error:
-        msg = f"cannot write {final}: {error.strerror}"
+    except OSError as error:  # polars' own OSErrors carry no strerror
+        msg = f"cannot write {final}: {error.strerror or error}"
         raise OrpoPipelineError(msg) from error
     finally:
         temp.unlink(missing_ok=True)
@@ -40,11 +40,25 @@ def atomic_path(final: Path) -> Iterator[Path]:
 
 def write_frame(frame: pl.DataFrame, path: Path) -> None:
     """Write Parquet or JSONL (by extension) atomically."""
-    with atomic_path(path) as temp:
+    with atomic_path(path) as temp, polars_io_errors(path):
         if path.suffix == ".parquet":
             frame.write_parquet(temp)
         else:
             frame.write_ndjson(temp)
+
+
+@contextlib.contextmanager
+def polars_io_errors(path: Path) -> Iterator[None]:
+    """Raise polars' I/O failures (disk full, file too large) as an error naming `path`.
+
+    Polars reports a failed Parquet write as a `ComputeError` ("underlying IO error: ..."), not
+    an `OSError`.
+    """
+    try:
+        yield
+    except pl.exceptions.ComputeError as error:
+        msg = f"cannot write {path}: {error}"
+        raise OrpoPipelineError(msg) from error
 
 
 def write_text(text: str, path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from orpo_pipeline.formats import ConvertOptions, FieldMapping
 from orpo_pipeline.io import write_text
 from orpo_pipeline.pipeline import PipelineSpec
 from orpo_pipeline.records import RECORD_MODELS
@@ -16,6 +17,8 @@ def schema_models() -> dict[str, type[BaseModel]]:
     models: dict[str, type[BaseModel]] = {
         f"{name}.schema.json": m for name, m in RECORD_MODELS.items()
     }
+    models["convert_options.schema.json"] = ConvertOptions
+    models["field_mapping.schema.json"] = FieldMapping
     models["pipeline.schema.json"] = PipelineSpec
     models["train_config.schema.json"] = TrainConfig
     return models

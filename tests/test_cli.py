@@ -31,8 +31,9 @@ def test_every_command_has_help():
 
 def test_config_error_is_one_message_without_traceback(tmp_path):
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("name: x\nsource: {inputs: [a.jsonl]}\nstages: [{stage: dedup}]\n"
-                      "output_dir: out\n")
+    recipe.write_text(
+        "name: x\nsource: {inputs: [a.jsonl]}\nstages: [{stage: dedup}]\noutput_dir: out\n"
+    )
     result = CliRunner().invoke(cli, ["data", str(recipe)])
     assert result.exit_code == 1
     assert "stages.0: Input tag 'dedup'" in result.output

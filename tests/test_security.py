@@ -25,7 +25,8 @@ def test_source_file_is_safe(path):
         assert name not in {"eval", "exec", "os.system", "pickle.load", "pickle.loads"}, where
         assert name not in {"yaml.load", "yaml.unsafe_load", "yaml.full_load"}, where
         if name == "torch.load":
-            assert keywords.get("weights_only") == "True", f"{where}: torch.load without weights_only"
+            unsafe = f"{where}: torch.load without weights_only"
+            assert keywords.get("weights_only") == "True", unsafe
         assert keywords.get("trust_remote_code", "False") != "True", where
 
 

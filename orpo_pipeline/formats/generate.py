@@ -126,7 +126,8 @@ def read_cache(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     cached = {}
-    with path.open(encoding="utf-8") as stream:
+    # errors="replace": a write torn inside a multi-byte character only spoils its own line.
+    with path.open(encoding="utf-8", errors="replace") as stream:
         for line in stream:
             try:
                 entry = json.loads(line)

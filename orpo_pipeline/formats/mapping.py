@@ -1,5 +1,6 @@
 """Field mappings: any other layout, described in YAML instead of code."""
 
+import errno
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -121,8 +122,7 @@ def load_mapping(value: str) -> FieldMapping:
     Raises:
         ConfigError: the YAML does not parse or does not describe a valid mapping.
     """
-    path = Path(value)
-    text = path.read_text(encoding="utf-8") if path.is_file() else value
+    text = _mapping_text(value)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -139,6 +139,25 @@ def load_mapping(value: str) -> FieldMapping:
             for item in error.errors()
         )
         msg = f"invalid field mapping:\n{lines}\n{MAPPING_EXAMPLE}"
+        raise ConfigError(msg) from error
+
+
+def _mapping_text(value: str) -> str:
+    """The YAML of a mapping: the file `value` names, else `value` itself.
+
+    Raises:
+        ConfigError: the file cannot be read or is not UTF-8.
+    """
+    path = Path(value)
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else value
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:  # inline YAML longer than a file name can be
+            return value
+        msg = f"cannot read field mapping {path}: {error.strerror}"
+        raise ConfigError(msg) from error
+    except UnicodeDecodeError as error:
+        msg = f"field mapping file {path} is not UTF-8 text (byte {error.start})"
         raise ConfigError(msg) from error
 
 

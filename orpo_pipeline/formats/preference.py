@@ -12,7 +12,15 @@ from orpo_pipeline.formats.conversation import (
     split_last_answers,
 )
 from orpo_pipeline.formats.options import ConvertOptions
-from orpo_pipeline.formats.rows import MessageDict, Pair, RowError, field, list_field, text_field
+from orpo_pipeline.formats.rows import (
+    MessageDict,
+    Pair,
+    RowError,
+    field,
+    list_field,
+    number,
+    text_field,
+)
 
 _SCORE_FIELDS = {
     "chosen": ("score_chosen", "chosen_score", "rating_chosen", "chosen_rating", "chosen-rating"),
@@ -220,7 +228,10 @@ def alpaca_prompt(row: dict[str, Any]) -> list[MessageDict]:
     text = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
     system = _optional_text(row, "system")
     prompt = [{"role": "system", "content": system}] if system else []
-    for index, turn in enumerate(row.get("history") or []):
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise RowError(reason="wrong_type", detail="field 'history' should be a list of pairs")
+    for index, turn in enumerate(history):
         if not (
             isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
         ):
@@ -255,6 +266,6 @@ def _with_system(prompt: list[MessageDict], system: str | None) -> list[MessageD
 def _score(row: dict[str, Any], side: str) -> float | None:
     for name in _SCORE_FIELDS[side]:
         value = row.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+        if isinstance(value, int | float) and (score := number(value)) is not None:
+            return score
     return None

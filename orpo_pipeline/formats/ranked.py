@@ -43,6 +43,9 @@ def parse_ultrafeedback(row: dict[str, Any], options: ConvertOptions) -> list[Ra
             detail = f"completions[{index}] should be an object with a string 'response'"
             raise RowError(reason="wrong_type", detail=detail)
         annotations = item.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            detail = f"completions[{index}].annotations should be an object"
+            raise RowError(reason="wrong_type", detail=detail)
         aspects = {
             name: _rating(annotation)
             for name, annotation in annotations.items()
@@ -157,7 +160,10 @@ def _walk_oasst(
         raise RowError(reason="wrong_type", detail=f"{where} should be an object with 'text'")
     message = {"role": role(node.get("role"), where=where), "content": node["text"]}
     conversation = [*path, message]
-    replies = [reply for reply in node.get("replies") or [] if _usable_reply(reply)]
+    replies = node.get("replies") or []
+    if not isinstance(replies, list):
+        raise RowError(reason="wrong_type", detail=f"{where} has 'replies' that is not a list")
+    replies = [reply for reply in replies if _usable_reply(reply)]
     ranked_replies = [
         Completion(content=reply["text"], rank=number(reply.get("rank"), integral=True))
         for reply in replies

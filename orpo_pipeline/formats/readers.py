@@ -3,11 +3,17 @@
 JSONL is read line by line (split on `\\n` only: real files hold U+2028 inside strings), Parquet in
 record batches, CSV record by record and `datasets` folders through memory-mapped Arrow, so memory
 stays bounded. A `.json` document is parsed whole; use JSONL for large data.
+
+A row that cannot be read becomes a `BadRow` with its line and reason; a file that cannot be read
+at all (a truncated or corrupt gzip stream, a broken Parquet footer) raises a `DataError` naming it.
 """
 
+import codecs
 import csv
 import gzip
 import json
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -18,6 +24,17 @@ MAX_RAW_CHARS = 4096
 """Rejected rows keep at most this many characters of their original text."""
 
 PARQUET_BATCH_ROWS = 4096
+
+MAX_NESTING = 200
+"""Rows whose values nest deeper than this are rejected (`too_deeply_nested`): real data nests
+fewer than 20 levels, and deeper values would exhaust Python's recursion limit further on."""
+
+CSV_FIELD_LIMIT = 1 << 30
+"""Largest CSV field in characters (the `csv` module's default of 131072 is too small for long
+documents; JSONL lines have no limit either)."""
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class SourceRow(NamedTuple):
@@ -30,13 +47,16 @@ class SourceRow(NamedTuple):
 
     def raw_text(self) -> str:
         """The row's text, truncated to `MAX_RAW_CHARS`."""
-        text = self.raw if self.raw is not None else json.dumps(self.value, ensure_ascii=False)
-        return text[:MAX_RAW_CHARS]
+        if self.raw is not None:
+            return self.raw[:MAX_RAW_CHARS]
+        # default=str: Parquet and `datasets` rows can hold bytes, dates and decimals.
+        return json.dumps(self.value, ensure_ascii=False, default=str)[:MAX_RAW_CHARS]
 
 
 class BadRow(NamedTuple):
-    """One input row that could not be read; `reason` is `invalid_utf8`, `invalid_json` or
-    `not_an_object`."""
+    """One input row that could not be read; `reason` is `invalid_utf8` (bytes that are not
+    UTF-8, or a lone surrogate escape such as `\\ud800`), `invalid_json`, `not_an_object` or
+    `too_deeply_nested`."""
 
     line: int
     reason: str
@@ -75,10 +95,26 @@ def read_rows(path: Path) -> Iterator[SourceRow | BadRow]:
     Blank lines of a JSONL file are not rows.
 
     Raises:
-        DataError: the file as a whole cannot be read (not gzip, a JSON document that does not
-            parse or holds no array, non-UTF-8 JSON document).
+        DataError: the file as a whole cannot be read (missing, truncated or corrupt gzip, a
+            broken Parquet file, a JSON document that does not parse or holds no array, a
+            non-UTF-8 JSON document or CSV header, an I/O error).
     """
-    return READERS[input_kind(path)](path)
+    reader = READERS[input_kind(path)]
+    return _naming_the_file(path, reader(path))
+
+
+def _naming_the_file(
+    path: Path, rows: Iterator[SourceRow | BadRow]
+) -> Iterator[SourceRow | BadRow]:
+    """`rows`, with the errors that end the reading of a file raised as a DataError naming it."""
+    try:
+        yield from rows
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # only gzip streams raise these
+        msg = f"{path} is not a valid gzip file (corrupt or cut short): {error}"
+        raise DataError(msg) from error
+    except OSError as error:
+        msg = f"cannot read {path}: {error.strerror or error}"
+        raise DataError(msg) from error
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -87,19 +123,17 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 def _read_jsonl(path: Path) -> Iterator[SourceRow | BadRow]:
     with _open_binary(path) as stream:
-        try:
-            # Binary iteration splits on b"\n" only, never on U+2028 or other line breaks.
-            for number, line_bytes in enumerate(stream, start=1):
-                if not line_bytes.strip():
-                    continue
-                yield _parse_json_line(number, line_bytes)
-        except (gzip.BadGzipFile, EOFError) as error:
-            msg = f"{path} is not a valid gzip file: {error}"
-            raise DataError(msg) from error
+        # Binary iteration splits on b"\n" only, never on U+2028 or other line breaks.
+        for number, line_bytes in enumerate(stream, start=1):
+            if not line_bytes.strip():
+                continue
+            yield _parse_json_line(number, line_bytes)
 
 
 def _parse_json_line(number: int, line_bytes: bytes) -> SourceRow | BadRow:
     line_bytes = line_bytes.rstrip(b"\r\n")
+    if number == 1:
+        line_bytes = line_bytes.removeprefix(codecs.BOM_UTF8)
     try:
         text = line_bytes.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -108,22 +142,62 @@ def _parse_json_line(number: int, line_bytes: bytes) -> SourceRow | BadRow:
         return BadRow(number, "invalid_utf8", detail, raw)
     try:
         value = json.loads(text)
+    except RecursionError:
+        detail = f"values nest deeper than {MAX_NESTING} levels"
+        return BadRow(number, "too_deeply_nested", detail, text[:MAX_RAW_CHARS])
     except json.JSONDecodeError as error:
         detail = f"{error.msg} at column {error.colno}"
         return BadRow(number, "invalid_json", detail, text[:MAX_RAW_CHARS])
+    except ValueError as error:  # an integer of more than 4300 digits
+        return BadRow(number, "invalid_json", str(error), text[:MAX_RAW_CHARS])
     if not isinstance(value, dict):
         detail = f"the line holds a JSON {type(value).__name__}, not an object"
         return BadRow(number, "not_an_object", detail, text[:MAX_RAW_CHARS])
+    if _may_hold_problems(text) and (problem := _value_problem(value)):
+        return BadRow(number, *problem, text[:MAX_RAW_CHARS])
     return SourceRow(number, value, text)
+
+
+def _may_hold_problems(text: str) -> bool:
+    """Cheap test on JSON text: could its value nest too deeply or hold a lone surrogate?"""
+    return (
+        text.count("[") + text.count("{") > MAX_NESTING
+        or _SURROGATE_ESCAPE.search(text) is not None
+    )
+
+
+def _value_problem(value: Any) -> tuple[str, str] | None:
+    """(reason, detail) when a parsed value nests deeper than `MAX_NESTING` or holds a lone
+    surrogate (valid JSON, but no character: it cannot be written as UTF-8)."""
+    surrogate = False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return "too_deeply_nested", f"values nest deeper than {MAX_NESTING} levels"
+        if isinstance(item, dict):
+            surrogate = surrogate or any(_LONE_SURROGATE.search(key) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            surrogate = surrogate or _LONE_SURROGATE.search(item) is not None
+    if surrogate:
+        return "invalid_utf8", "a string holds a lone surrogate escape (\\ud800-\\udfff)"
+    return None
 
 
 def _read_json(path: Path) -> Iterator[SourceRow | BadRow]:
     with _open_binary(path) as stream:
         data = stream.read()
     try:
-        document = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8-sig")
+        document = json.loads(text)
     except UnicodeDecodeError as error:
         msg = f"{path} is not UTF-8: byte {data[error.start]:#04x} at offset {error.start}"
+        raise DataError(msg) from error
+    except RecursionError as error:
+        msg = f"{path}: values nest deeper than Python's JSON parser allows"
         raise DataError(msg) from error
     except json.JSONDecodeError as error:
         msg = (
@@ -131,9 +205,18 @@ def _read_json(path: Path) -> Iterator[SourceRow | BadRow]:
             f"{error.colno}); if it holds one object per line, name it .jsonl"
         )
         raise DataError(msg) from error
+    except ValueError as error:  # an integer of more than 4300 digits
+        msg = f"{path} is not a JSON document Python can read: {error}"
+        raise DataError(msg) from error
     items = _json_items(path, document)
+    check = _may_hold_problems(text)
     for number, item in enumerate(items, start=1):
-        if isinstance(item, dict):
+        problem = _value_problem(item) if check else None
+        if problem is not None:
+            # ASCII escapes: the text may hold lone surrogates; too deep a value is not shown.
+            raw = "" if problem[0] == "too_deeply_nested" else json.dumps(item)[:MAX_RAW_CHARS]
+            yield BadRow(number, *problem, raw)
+        elif isinstance(item, dict):
             yield SourceRow(number, item)
         else:
             raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
@@ -161,34 +244,49 @@ def _json_items(path: Path, document: Any) -> list[Any]:
 
 
 def _read_parquet(path: Path) -> Iterator[SourceRow | BadRow]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-        for item in batch.to_pylist():
-            number += 1
-            yield SourceRow(number, item)
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for item in batch.to_pylist():
+                number += 1
+                yield SourceRow(number, item)
+    except pa.ArrowException as error:
+        msg = f"{path} is not a readable Parquet file: {error}"
+        raise DataError(msg) from error
 
 
 def _read_csv(path: Path) -> Iterator[SourceRow | BadRow]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is rejected
-    # instead of the whole file failing.
-    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as stream:
-        for number, record in enumerate(csv.DictReader(stream), start=1):
-            if any(_has_surrogate(value) for value in record.values()):
-                raw = json.dumps(record, ensure_ascii=False, default=str)
-                raw = raw.encode("utf-8", errors="replace").decode("utf-8")[:MAX_RAW_CHARS]
-                yield BadRow(
-                    number, "invalid_utf8", "the record holds bytes that are not UTF-8", raw
-                )
-            else:
-                yield SourceRow(number, {key: value for key, value in record.items() if key})
+    # instead of the whole file failing; utf-8-sig drops a byte order mark.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as stream:
+        reader = csv.DictReader(stream)
+        try:
+            header = reader.fieldnames or []
+            if any(_has_surrogate(name) for name in header):
+                msg = f"{path}: the header line holds bytes that are not UTF-8"
+                raise DataError(msg)
+            for number, record in enumerate(reader, start=1):
+                if any(_has_surrogate(value) for value in record.values()):
+                    raw = json.dumps(record, ensure_ascii=False, default=str)
+                    raw = raw.encode("utf-8", errors="replace").decode("utf-8")[:MAX_RAW_CHARS]
+                    yield BadRow(
+                        number, "invalid_utf8", "the record holds bytes that are not UTF-8", raw
+                    )
+                else:
+                    yield SourceRow(number, {key: value for key, value in record.items() if key})
+        except csv.Error as error:
+            msg = f"{path}: line {reader.line_num} is not valid CSV: {error}"
+            raise DataError(msg) from error
 
 
 def _has_surrogate(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_surrogate(item) for item in value)
-    return isinstance(value, str) and any("\udc80" <= char <= "\udcff" for char in value)
+    return isinstance(value, str) and _LONE_SURROGATE.search(value) is not None
 
 
 def _read_datasets(path: Path) -> Iterator[SourceRow | BadRow]:

@@ -80,8 +80,8 @@ def list_field(row: dict[str, Any], name: str) -> list[Any]:
 
 
 def number(value: Any, *, integral: bool = False) -> float | int | None:
-    """A score or rank from a number or numeric string; None for missing, NaN, 'N/A' or, when
-    `integral`, a fractional value."""
+    """A score or rank from a number or numeric string; None for missing, NaN, 'N/A', an integer
+    beyond the float range or, when `integral`, a fractional or infinite value."""
     if isinstance(value, str):
         try:
             value = float(value)
@@ -89,9 +89,13 @@ def number(value: Any, *, integral: bool = False) -> float | int | None:
             return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
+    try:
+        as_float = float(value)
+    except OverflowError:  # an int such as 10**400
+        return None
     if integral:
-        return int(value) if float(value).is_integer() else None
-    return float(value)
+        return int(value) if as_float.is_integer() else None
+    return as_float
 
 
 def _type(value: Any) -> str:

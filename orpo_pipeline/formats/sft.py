@@ -47,7 +47,12 @@ def parse_sharegpt(row: dict[str, Any], options: ConvertOptions) -> list[SFTReco
 def is_sharegpt(row: dict[str, Any]) -> bool:
     """`conversations` is a list of objects with `from`."""
     conversations = row.get("conversations")
-    return isinstance(conversations, list) and bool(conversations) and "from" in conversations[0]
+    return (
+        isinstance(conversations, list)
+        and bool(conversations)
+        and isinstance(conversations[0], dict)
+        and "from" in conversations[0]
+    )
 
 
 def parse_openai_messages(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
@@ -70,6 +75,8 @@ def parse_alpaca(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord
     """Alpaca: `instruction` (+ `input`, `system`, `history`) and `output`; or self-instruct's
     `instruction` with `instances[{input, output}]`, one record per instance."""
     if isinstance(row.get("instances"), list):
+        if not row["instances"]:
+            raise RowError(reason="missing_field", detail="field 'instances' is an empty list")
         records = []
         for index, instance in enumerate(row["instances"]):
             if not isinstance(instance, dict):

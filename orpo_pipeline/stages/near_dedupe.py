@@ -1,0 +1,138 @@
+"""Near-duplicate prompts by MinHash LSH, clustered with union-find; the earliest row is kept."""
+
+import hashlib
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from orpo_pipeline.exprs import contents, simplified
+from orpo_pipeline.stages.base import ROW, StageConfig, tag_rejects
+from orpo_pipeline.stages.shingles import mix64, shingle_hashes
+
+CLUSTER = "_cluster"
+"""Column holding the `id` of the pair kept for the row's near-duplicate cluster (null if none)."""
+_CHUNK_ROWS = 16_384
+"""Rows signed at a time, which bounds the memory of the shingle arrays."""
+
+
+class NearDedupeConfig(StageConfig):
+    """Reject prompts that are near-duplicates of an earlier prompt as `near_duplicate`.
+
+    Each prompt (its message contents, `simplified`) is cut into shingles and signed with
+    `bands * rows_per_band` MinHash values. Prompts sharing all values of any band are candidates
+    (probability 1 - (1 - s**rows_per_band)**bands at Jaccard similarity s); a candidate pair whose
+    estimated Jaccard similarity (the share of equal MinHash values, standard error
+    sqrt(s(1 - s)/num_permutations)) reaches `threshold` is linked, and linked prompts form
+    clusters (union-find). The earliest `_row` of a cluster is kept; every row of a cluster of two
+    or more gets `_cluster`, the `id` of the kept pair.
+    """
+
+    stage: Literal["near_dedupe"] = "near_dedupe"
+    unit: Literal["word", "char"] = "word"
+    """Shingle unit: words or characters of the simplified prompt."""
+    ngram_size: int = Field(default=5, ge=1)
+    """Units per shingle (datatrove and text-dedup: 5 words; NeMo Curator: 24 characters)."""
+    bands: int = Field(default=14, ge=1)
+    """LSH bands (datatrove: 14 bands of 8, detection 50 % at Jaccard ~0.72)."""
+    rows_per_band: int = Field(default=8, ge=1)
+    """MinHash values per band; the signature has `bands * rows_per_band` permutations."""
+    threshold: float = Field(default=0.7, gt=0, le=1)
+    """Minimum estimated Jaccard similarity that links two candidate prompts."""
+    seed: int = 0
+    """Seeds the MinHash permutations."""
+
+
+def _permutations(config: NearDedupeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Odd multipliers and xor masks, one pair per MinHash value, derived from sha256."""
+    num = config.bands * config.rows_per_band
+    digests = [
+        hashlib.sha256(f"near_dedupe:{config.seed}:{i}".encode()).digest() for i in range(num)
+    ]
+    multipliers = np.array([int.from_bytes(d[:8], "big") | 1 for d in digests], dtype=np.uint64)
+    masks = np.array([int.from_bytes(d[8:16], "big") for d in digests], dtype=np.uint64)
+    return multipliers, masks
+
+
+def minhash_signatures(texts: pl.Series, config: NearDedupeConfig) -> np.ndarray:
+    """MinHash signatures of simplified texts: uint32, shape (len(texts), num_permutations).
+
+    Value i of a text is the least of `(shingle ^ mask_i) * multiplier_i` (a bijection of uint64)
+    over its shingles, keeping the high 32 bits.
+    """
+    multipliers, masks = _permutations(config)
+    signatures = np.empty((len(texts), len(multipliers)), dtype=np.uint32)
+    for begin in range(0, len(texts), _CHUNK_ROWS):
+        chunk = texts.slice(begin, _CHUNK_ROWS)
+        hashes, starts = shingle_hashes(chunk, size=config.ngram_size, unit=config.unit)
+        for i, (multiplier, mask) in enumerate(zip(multipliers, masks, strict=True)):
+            least = np.minimum.reduceat((hashes ^ mask) * multiplier, starts[:-1])
+            signatures[begin : begin + len(chunk), i] = least >> 32
+    return signatures
+
+
+def _candidate_pairs(signatures: np.ndarray, config: NearDedupeConfig) -> np.ndarray:
+    """Pairs (earlier, later) of row positions that share a band; each later row is paired with
+    the earliest row of its bucket. Shape (num_pairs, 2), unique."""
+    pairs = []
+    for band in range(config.bands):
+        columns = signatures[:, band * config.rows_per_band : (band + 1) * config.rows_per_band]
+        key = np.zeros(len(signatures), dtype=np.uint64)
+        for column in columns.T:
+            key = mix64(key ^ column.astype(np.uint64))
+        order = np.argsort(key, kind="stable")  # equal keys stay in row order
+        sorted_key = key[order]
+        new_bucket = np.ones(len(key), dtype=bool)
+        new_bucket[1:] = sorted_key[1:] != sorted_key[:-1]
+        bucket_first = order[np.flatnonzero(new_bucket)][np.cumsum(new_bucket) - 1]
+        later = ~new_bucket
+        pairs.append(np.stack([bucket_first[later], order[later]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+def _components(num_rows: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over linked pairs: each row's root is the smallest row of its cluster."""
+    parent = np.arange(num_rows)
+    while True:
+        left, right = parent[pairs[:, 0]], parent[pairs[:, 1]]
+        low, high = np.minimum(left, right), np.maximum(left, right)
+        unmerged = low != high
+        if not unmerged.any():
+            return parent
+        np.minimum.at(parent, high[unmerged], low[unmerged])  # hang each root under a smaller one
+        while not np.array_equal(grandparent := parent[parent], parent):
+            parent = grandparent  # pointer jumping until every row points at its root
+
+
+def _cluster_roots(texts: pl.Series, config: NearDedupeConfig) -> np.ndarray:
+    """For texts in row order: the position of each text's cluster root (itself if alone)."""
+    signatures = minhash_signatures(texts, config)
+    pairs = _candidate_pairs(signatures, config)
+    similar = [
+        (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).mean(axis=1) >= config.threshold
+        for chunk in np.array_split(pairs, max(1, len(pairs) // 1_000_000))
+    ]
+    linked = pairs[np.concatenate(similar)]
+    return _components(len(texts), linked)
+
+
+def _clusters(batch: pl.Series, config: NearDedupeConfig) -> pl.Series:
+    frame = batch.struct.unnest()
+    order = np.argsort(frame[ROW].to_numpy(), kind="stable")
+    roots = np.empty(len(frame), dtype=np.int64)
+    roots[order] = order[_cluster_roots(frame["text"].gather(order), config)]
+    in_cluster = np.bincount(roots, minlength=len(frame))[roots] > 1
+    cluster_ids = frame["id"].gather(roots).scatter(np.flatnonzero(~in_cluster), None)
+    return pl.DataFrame(
+        {CLUSTER: cluster_ids, "_near_duplicate": roots != np.arange(len(frame))}
+    ).to_struct()
+
+
+def near_dedupe(lf: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
+    """Tag later members of near-duplicate prompt clusters and add `_cluster` to every member."""
+    columns = pl.struct(simplified(contents("prompt")).alias("text"), ROW, "id")
+    dtype = pl.Struct({CLUSTER: pl.String, "_near_duplicate": pl.Boolean})
+    clusters = columns.map_batches(lambda batch: _clusters(batch, config), return_dtype=dtype)
+    lf = lf.with_columns(clusters.alias("_clusters")).unnest("_clusters")
+    return tag_rejects(lf, {"near_duplicate": ~pl.col("_near_duplicate")}).drop("_near_duplicate")

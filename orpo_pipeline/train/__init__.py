@@ -1,0 +1,1 @@
+"""ORPO training: config, tokenization, loss, loop and evaluation."""

@@ -1,0 +1,115 @@
+"""`TrainConfig`: every setting of an ORPO training run (importable without torch)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Tracker = Literal["jsonl", "tensorboard", "mlflow"]
+
+
+class Settings(BaseModel):
+    """Shared settings: unknown keys are errors, configs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class LoraConfig(Settings):
+    """Train low-rank adapters instead of all weights (peft LoRA)."""
+
+    r: int = Field(default=16, ge=1)
+    """Rank of the adapter matrices."""
+    alpha: int = Field(default=32, ge=1)
+    """Scaling numerator: the adapter output is multiplied by alpha / r."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt (e.g. [q_proj, v_proj]), or every linear layer but the LM head."""
+    merge_on_save: bool = True
+    """Merge the adapters into the base weights for `final/`; otherwise save the adapter only."""
+
+
+class TrainConfig(Settings):
+    """An ORPO training run: model, data, loss, optimisation, evaluation and checkpoints."""
+
+    name: str = Field(default="orpo", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name; the run directory is `<output_dir>/<name>-<UTC time>-<config hash8>/`."""
+    model: str = "default"
+    """The model: "default" (SmolLM2-135M-Instruct), a checkpoint directory or a hub id."""
+    chat_template: str | None = None
+    """Jinja chat template replacing the tokenizer's own."""
+    train_pairs: Path
+    """Canonical pairs to train on (.parquet or .jsonl)."""
+    eval_pairs: Path | None = None
+    """Canonical held-out pairs (.parquet or .jsonl); without them there is no evaluation."""
+    output_dir: Path = Path("runs/train")
+    """Where run directories are created."""
+
+    beta: float = Field(default=0.1, ge=0)
+    """Weight of the odds-ratio term: λ in the paper, `alpha` in xfactlab/orpo, `beta` in TRL."""
+    nll_on_prompt: bool = True
+    """NLL over prompt and response like TRL and the paper's code; False: response tokens only."""
+    share_prompt: bool = True
+    """Prompt computed once per pair (block mask, LM head on scored tokens); false: TRL's layout."""
+    max_length: int = Field(default=1024, ge=2)
+    """Longest prompt + response in tokens; responses are cut to fit."""
+    max_prompt_length: int = Field(default=512, ge=1)
+    """Longest prompt in tokens; longer prompts lose their oldest tokens (BOS is kept)."""
+
+    per_device_batch_size: int = Field(default=4, ge=1)
+    """Pairs per micro-batch on each device."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step; the loss is weighted as one big batch."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps; when set, overrides `num_epochs`."""
+    num_epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training pairs (rounded up to whole optimizer steps)."""
+    learning_rate: float = Field(default=5e-6, gt=0)
+    """Peak AdamW learning rate, reached after warmup."""
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    """Decay from the peak to zero after warmup."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Optimizer steps of linear warmup from zero."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW decoupled weight decay (applied to matrices, not to norms or biases)."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this; null disables clipping."""
+    seed: int = 0
+    """Seeds initialisation, data order and dropout."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast dtype; "auto" is bf16 on a CUDA device that supports it and "no" elsewhere."""
+
+    log_every_steps: int = Field(default=1, ge=1)
+    """Optimizer steps between training metric lines (one device sync per line)."""
+    eval_every_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps between evaluations; evaluation always runs before and after training."""
+    num_eval_pairs: int | None = Field(default=None, ge=1)
+    """Use only the first N eval pairs; null uses all of them."""
+    per_device_eval_batch_size: int = Field(default=8, ge=1)
+    """Pairs per evaluation batch on each device."""
+    num_sample_generations: int = Field(default=2, ge=0)
+    """Eval prompts answered greedily at each evaluation, saved to `samples/step-NNNNNN.jsonl`."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Longest sample generation in tokens."""
+
+    save_every_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps between checkpoints; null saves none (the final model is always saved)."""
+    save_total_limit: int | None = Field(default=2, ge=1)
+    """Keep only the newest N complete checkpoints; null keeps all."""
+    resume: Path | None = None
+    """A run directory to continue from its newest complete checkpoint, with the same config."""
+
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of all weights."""
+    trackers: list[Tracker] = ["jsonl"]
+    """Metric sinks; `metrics.jsonl` is always written, tensorboard and mlflow must be installed."""
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "TrainConfig":
+        if self.max_prompt_length > self.max_length:
+            msg = (
+                f"max_prompt_length ({self.max_prompt_length}) exceeds max_length "
+                f"({self.max_length}); lower it to leave room for the response"
+            )
+            raise ValueError(msg)
+        return self

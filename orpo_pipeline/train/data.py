@@ -1,0 +1,229 @@
+"""Pairs to token ids with the chat template, rejects with reasons, and the batch collator."""
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import torch
+
+from orpo_pipeline.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+COLUMNS = ("id", "prompt", "chosen", "rejected")
+
+
+def read_pairs(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """The `id`, `prompt`, `chosen` and `rejected` of a canonical pair file, in file order."""
+    readers = {".parquet": pl.scan_parquet, ".jsonl": pl.scan_ndjson}
+    if path.suffix not in readers:
+        msg = f"{path}: expected a .parquet or .jsonl pair file"
+        raise DataError(msg)
+    if not path.exists():
+        msg = f"pair file not found: {path}; run `orpo-pipeline data` first or fix the path"
+        raise DataError(msg)
+    try:
+        frame = readers[path.suffix](path)
+        missing = [c for c in COLUMNS if c not in frame.collect_schema()]
+        if missing:
+            msg = f"{path}: no column(s) {missing}; expected canonical pairs (see records.py)"
+            raise DataError(msg)
+        return frame.select(COLUMNS).head(limit).collect().to_dicts()
+    except pl.exceptions.PolarsError as error:
+        msg = f"cannot read pairs from {path}: {error}"
+        raise DataError(msg) from error
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids of one pair: the shared prompt and the two responses."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt, chosen and rejected tokens: the work any batch layout has to do."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    def nll_tokens(self, *, nll_on_prompt: bool) -> int:
+        """Tokens in the NLL: prompt (not its first token) + chosen response, or the response."""
+        return len(self.chosen_ids) + (len(self.prompt_ids) - 1 if nll_on_prompt else 0)
+
+
+@dataclass(frozen=True)
+class TokenizedPairs:
+    """What tokenization kept, where it came from, and what it rejected or cut."""
+
+    pairs: list[TokenizedPair]
+    rows: list[int]
+    """Input row index of each kept pair."""
+    rejects: dict[str, int]
+    """Rejected rows per reason."""
+    prompts_truncated: int
+    responses_truncated: int
+
+
+def _render_responses(
+    tokenizer: "PreTrainedTokenizerBase",
+    rows: Sequence[dict[str, Any]],
+    prompt_texts: list[str],
+    key: str,
+) -> list[str]:
+    """Text the template adds after the prompt for the `key` answer (its end-of-turn included)."""
+    full_texts = tokenizer.apply_chat_template(
+        [row["prompt"] + row[key] for row in rows], tokenize=False
+    )
+    responses = []
+    for prompt_text, full_text in zip(prompt_texts, full_texts, strict=True):
+        if not full_text.startswith(prompt_text):
+            msg = (
+                "the chat template renders the prompt differently when an answer follows it, "
+                "so the prompt/response boundary is ambiguous; set `chat_template` to a template "
+                "whose generation prompt is a prefix of the rendered answer"
+            )
+            raise ConfigError(msg)
+        responses.append(full_text[len(prompt_text) :])
+    return responses
+
+
+def _end_at_eos(ids: list[int], eos: int) -> list[int]:
+    """Cut after the last EOS (dropping e.g. the template's trailing newline), or append one."""
+    if eos in ids:
+        return ids[: len(ids) - ids[::-1].index(eos)]
+    return [*ids, eos]
+
+
+def tokenize_pairs(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: "PreTrainedTokenizerBase",
+    *,
+    max_length: int,
+    max_prompt_length: int,
+) -> TokenizedPairs:
+    """Tokenize conversational pairs; truncate; reject pairs that cannot train.
+
+    The prompt is rendered with `add_generation_prompt=True` and each response is the text the
+    template adds after it; the three are tokenized separately (batched, no special tokens) and
+    concatenated, so the prompt boundary is exact. Each response ends with exactly one EOS (the
+    tokenizer's `eos_token`, the end-of-turn token of chat models). BOS is prepended only when the
+    tokenizer adds one by itself and the template did not render it.
+
+    Prompts longer than `max_prompt_length` lose their oldest tokens (BOS is kept); responses are
+    cut to fit `max_length` (a cut response has no EOS). Rejected: `no_room_for_response` (the
+    prompt fills `max_length`) and `chosen_equals_rejected` (identical ids after the cut).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        msg = "the tokenizer has no eos_token; set one so responses can end"
+        raise ConfigError(msg)
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    prompt_texts = tokenizer.apply_chat_template(
+        [row["prompt"] for row in rows], tokenize=False, add_generation_prompt=True
+    )
+    chosen_texts = _render_responses(tokenizer, rows, prompt_texts, "chosen")
+    rejected_texts = _render_responses(tokenizer, rows, prompt_texts, "rejected")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    pairs, kept, rejects = [], [], Counter()
+    prompts_cut = responses_cut = 0
+    for index, (prompt, chosen, rejected) in enumerate(
+        zip(encode(prompt_texts), encode(chosen_texts), encode(rejected_texts), strict=True)
+    ):
+        if adds_bos and prompt[:1] != [bos]:
+            prompt = [bos, *prompt]
+        if len(prompt) > max_prompt_length:
+            prompts_cut += 1
+            head = prompt[:1] if adds_bos else []
+            prompt = head + prompt[len(prompt) - max_prompt_length + len(head) :]
+        room = max_length - len(prompt)
+        if room < 1:
+            rejects["no_room_for_response"] += 1
+            continue
+        chosen, rejected = _end_at_eos(chosen, eos), _end_at_eos(rejected, eos)
+        responses_cut += len(chosen) > room or len(rejected) > room
+        chosen, rejected = chosen[:room], rejected[:room]
+        if chosen == rejected:
+            rejects["chosen_equals_rejected"] += 1
+            continue
+        pairs.append(TokenizedPair(prompt, chosen, rejected))
+        kept.append(index)
+    return TokenizedPairs(pairs, kept, dict(rejects), prompts_cut, responses_cut)
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """Chosen rows then rejected rows, right-padded to the longest row (TRL's layout)."""
+
+    input_ids: torch.Tensor  # (2B, T) long
+    attention_mask: torch.Tensor  # (2B, T) long, 1 on prompt and response tokens
+    completion_mask: torch.Tensor  # (2B, T) bool, True on response tokens
+
+    @property
+    def num_pairs(self) -> int:
+        """B, the number of pairs."""
+        return self.input_ids.shape[0] // 2
+
+    def nll_mask(self, *, nll_on_prompt: bool) -> torch.Tensor:
+        """Tokens of the NLL term: chosen rows, prompt + response (TRL) or response; (2B, T)."""
+        mask = self.attention_mask.bool() if nll_on_prompt else self.completion_mask.clone()
+        mask[self.num_pairs :] = False
+        return mask
+
+    def to(self, device: torch.device) -> "PreferenceBatch":
+        """The same batch on `device`."""
+        return PreferenceBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.completion_mask.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class PreferenceCollator:
+    """Stack pairs as `[prompt + chosen]` rows, then `[prompt + rejected]` rows, right-padded.
+
+    >>> collate = PreferenceCollator(pad_token_id=0)
+    >>> batch = collate([TokenizedPair([1, 5], [6, 2], [7, 8, 2]),
+    ...                  TokenizedPair([1, 9, 9], [6, 2], [2])])
+    >>> batch.input_ids
+    tensor([[1, 5, 6, 2, 0],
+            [1, 9, 9, 6, 2],
+            [1, 5, 7, 8, 2],
+            [1, 9, 9, 2, 0]])
+    >>> batch.attention_mask
+    tensor([[1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 0]])
+    >>> batch.completion_mask.long()
+    tensor([[0, 0, 1, 1, 0],
+            [0, 0, 0, 1, 1],
+            [0, 0, 1, 1, 1],
+            [0, 0, 0, 1, 0]])
+    """
+
+    pad_token_id: int
+
+    def __call__(self, pairs: Sequence[TokenizedPair]) -> PreferenceBatch:
+        """Collate `pairs` into one batch."""
+        rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
+        rows += [(p.prompt_ids, p.rejected_ids) for p in pairs]
+        width = max(len(prompt) + len(response) for prompt, response in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (prompt, response) in enumerate(rows):
+            start, end = len(prompt), len(prompt) + len(response)
+            input_ids[i, :end] = torch.tensor(prompt + response)
+            attention_mask[i, :end] = 1
+            completion_mask[i, start:end] = True
+        return PreferenceBatch(input_ids, attention_mask, completion_mask)
