@@ -1,6 +1,7 @@
 """Atomic file writes and content hashing."""
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -76,19 +77,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_cached(path: Path, cache_file: Path | None) -> str:
-    """Sha256 of a file, reusing an earlier result while size, mtime and inode are unchanged."""
+def count_rows(path: Path) -> int | None:
+    """Records in a Parquet or JSON Lines file (`.jsonl`, `.jsonl.gz`); None for other files."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pl.scan_parquet(path).select(pl.len()).collect().item()
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+    except (OSError, EOFError, pl.exceptions.PolarsError):
+        return None  # unreadable as records: the hash still identifies it
+    return None
+
+
+def digest_cached(path: Path, cache_file: Path | None) -> dict[str, str | int | None]:
+    """Sha256 and row count of a file, reused while its size, mtime and inode are unchanged."""
     if cache_file is None:
-        return sha256_file(path)
+        return {"sha256": sha256_file(path), "rows": count_rows(path)}
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
     try:
         known = json.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
-    if key not in known:
-        known[key] = sha256_file(path)
+    if not isinstance(known.get(key), dict):
+        known[key] = {"sha256": sha256_file(path), "rows": count_rows(path)}
         # A read-only cache only costs a rehash next time.
         with contextlib.suppress(OrpoPipelineError):
             write_text(json.dumps(known, indent=0, sort_keys=True), cache_file)
     return known[key]
+
+
+def sha256_cached(path: Path, cache_file: Path | None) -> str:
+    """Sha256 of a file, reusing an earlier result while size, mtime and inode are unchanged."""
+    if cache_file is None:
+        return sha256_file(path)
+    return digest_cached(path, cache_file)["sha256"]

@@ -14,18 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from orpo_pipeline.errors import DataError
-from orpo_pipeline.io import sha256_cached, write_text
-
-PACKAGES = (
-    "orpo-pipeline",
-    "polars",
-    "pydantic",
-    "datasets",
-    "torch",
-    "transformers",
-    "accelerate",
-    "peft",
-)
+from orpo_pipeline.io import digest_cached, sha256_cached, write_text
 
 
 def config_hash(config: BaseModel) -> str:
@@ -40,7 +29,7 @@ def utc_stamp() -> str:
 
 
 def describe_inputs(paths: list[Path], *, stat_cache: Path | None = None) -> list[dict[str, Any]]:
-    """Path, size and sha256 of files, and of every file inside directories, in a stable order.
+    """Path, size, sha256 and rows (of record files) of files and of every file in directories.
 
     With `stat_cache`, a file whose size, mtime and inode are unchanged is not hashed again.
     """
@@ -51,8 +40,7 @@ def describe_inputs(paths: list[Path], *, stat_cache: Path | None = None) -> lis
             raise DataError(msg)
         files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
     return [
-        {"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_cached(f, stat_cache)}
-        for f in files
+        {"path": str(f), "bytes": f.stat().st_size, **digest_cached(f, stat_cache)} for f in files
     ]
 
 
@@ -77,24 +65,78 @@ def git_state() -> dict[str, Any]:
         "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+        "diff": diff or None,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return platform.processor()
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line]
+    return names[0] if names else platform.processor()
+
+
+def hardware() -> dict[str, Any]:
+    """CPU, memory and, when torch is already loaded, its threads and CUDA devices."""
+    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 1) if pages else None,
+    }
+    torch = sys.modules.get("torch")  # never imported just for this: data runs stay light
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def distributed() -> dict[str, Any] | None:
+    """Accelerate's process layout and precision, when an Accelerator runs in this process."""
+    if "accelerate" not in sys.modules:
+        return None
+    from accelerate.state import AcceleratorState
+
+    if not AcceleratorState._shared_state:  # no Accelerator was created
+        return None
+    state = AcceleratorState()
+    return {
+        "distributed_type": str(state.distributed_type),
+        "num_processes": state.num_processes,
+        "mixed_precision": state.mixed_precision,
+        "device": str(state.device),
     }
 
 
 def environment() -> dict[str, Any]:
-    """Python, package versions and hardware."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    """Python, package versions, hardware and the distributed setup."""
+    versions = {
+        dist.metadata["Name"].lower(): dist.version for dist in importlib.metadata.distributions()
+    }
     return {
         "python": sys.version.split()[0],
-        "packages": versions,
+        "packages": dict(sorted(versions.items())),
         "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "hardware": hardware(),
+        "distributed": distributed(),
     }
+
+
+def seeds(config: BaseModel) -> dict[str, Any]:
+    """Every seed in a config, by its dotted key."""
+    flat = _flatten(config.model_dump(mode="json"))
+    return {key: value for key, value in flat.items() if key.split(".")[-1].endswith("seed")}
+
+
+def _relative_to(path: str, run_dir: Path) -> str:
+    """`path` relative to the run directory when inside it, so identical runs compare equal."""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return path
 
 
 def write_manifest(
@@ -106,7 +148,7 @@ def write_manifest(
     outputs: list[dict[str, Any]],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write `manifest.json` into `run_dir` and return it."""
+    """Write `manifest.json` into `run_dir` and return it; output paths are relative to it."""
     manifest = {
         "kind": kind,
         "run_id": run_dir.name,
@@ -114,8 +156,9 @@ def write_manifest(
         "command": sys.argv,
         "config": config.model_dump(mode="json"),
         "config_sha256": config_hash(config),
+        "seeds": seeds(config),
         "inputs": inputs,
-        "outputs": outputs,
+        "outputs": [{**entry, "path": _relative_to(entry["path"], run_dir)} for entry in outputs],
         "git": git_state(),
         "environment": environment(),
         **(extra or {}),
@@ -165,6 +208,11 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[An
     return {k: [before.get(k), after.get(k)] for k in keys if before.get(k) != after.get(k)}
 
 
+def without_diff(git: dict[str, Any]) -> dict[str, Any]:
+    """Git state without the diff text (its sha256 stands for it)."""
+    return {k: v for k, v in git.items() if k != "diff"}
+
+
 def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
     """What changed from run a to run b: inputs, outputs, config keys, code and packages."""
 
@@ -175,7 +223,7 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, 
         "inputs": _changes(by_path(a["inputs"]), by_path(b["inputs"])),
         "outputs": _changes(by_path(a["outputs"]), by_path(b["outputs"])),
         "config": _changes(_flatten(a["config"]), _flatten(b["config"])),
-        "code": _changes(a["git"], b["git"]),
+        "code": _changes(without_diff(a["git"]), without_diff(b["git"])),
         "packages": _changes(a["environment"]["packages"], b["environment"]["packages"]),
     }
 
