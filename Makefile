@@ -51,6 +51,10 @@ schemas: setup ## Regenerate schemas/*.schema.json from the pydantic models
 bench: setup model ## Run the benchmarks (slow; results in runs/bench)
 	$(BIN)/python -m benchmarks
 
+.PHONY: bench-train
+bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow)
+	$(BIN)/python -m benchmarks.bench_train
+
 .PHONY: clean
 clean: ## Remove the venv, caches and runs
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache .hypothesis

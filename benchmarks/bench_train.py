@@ -1,17 +1,20 @@
 """Our ORPO trainer against TRL 1.16's `ORPOTrainer` on the same model, data and settings.
 
 Both sides train the embedded SmolLM2-135M-Instruct (float32) on real HH-RLHF pairs (the default
-recipe's train split) with the same batch size, learning rate and `max_length`. Only pairs that
-fit `max_length` untruncated are used, so both sides do the same work (TRL cannot truncate a
-prompt and returns NaN for an overlong one). TRL runs with `bf16=False` (its default bf16 is ~25x
-slower on a CPU without bf16) and otherwise its defaults, gradient checkpointing included. Each
-run is a fresh subprocess (so peak RSS is its own); runs alternate TRL / ours and repeat, and
-medians are reported.
+recipe's train split) with the same batch size, learning rate and `max_length`, on the same pairs
+in the same order (TRL reads our loop's shuffle sequentially), so step k is the same batch on both.
+Only pairs that fit `max_length` untruncated are used (TRL cannot truncate a prompt and returns
+NaN for an overlong one). TRL runs with `bf16=False` and otherwise its defaults, once with its
+default gradient checkpointing (its least memory) and once without (its speed); ours runs without
+(and, with `--impls ours_gc`, with). Each run is a fresh subprocess (so peak RSS is its own); runs
+alternate between the implementations and repeat; medians are reported, and the first step of
+each run (one-off warm-up) is not timed.
 
 Reported per `max_length`: pairs/s and useful tokens/s (prompt + chosen + rejected tokens of each
-pair, the least any layout must compute), peak RSS, the loss of both on one identical batch, and
-our useful-token FLOP/s (6 x parameters x useful tokens per second) as a fraction of the measured
-float32 matmul peak of this machine.
+pair, the least any layout must compute), peak RSS, both losses on TRL's first collated batch
+(ours on the very same token ids and weights), and our useful-token FLOP/s (6 x parameters x
+useful tokens per second) as a fraction of the float32 matmul peak measured before each rep.
+Speed is compared with TRL's fastest setting, memory with its leanest.
 
     python -m benchmarks.bench_train            # max_length 256 and 1024, 3 reps
     python -m benchmarks.bench_train --quick    # max_length 256, 1 rep, fewer steps
@@ -27,10 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 OUTPUT = Path("runs/bench/train.json")
-BATCH_SIZE = 8
+BATCH_SIZE = 4
 LEARNING_RATE = 5e-6
 SEED = 0
 
@@ -68,22 +72,31 @@ def useful_tokens(rows: list[dict]) -> int:
     return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
 
-def probe_loss_ours(rows: list[dict], max_length: int) -> float:
-    """Our ORPO loss on one batch, no gradient."""
+def trl_batch_pairs(collated: dict) -> list:
+    """TRL's collated pairs as our `TokenizedPair`s: the very token ids TRL trains on."""
+    from orpo_pipeline.train.data import TokenizedPair
+
+    pairs = []
+    for i in range(len(collated["prompt_input_ids"])):
+        prompt, chosen, rejected = (
+            collated[f"{key}_input_ids"][i][collated[f"{key}_attention_mask"][i].bool()].tolist()
+            for key in ("prompt", "chosen", "rejected")
+        )
+        assert chosen[: len(prompt)] == prompt == rejected[: len(prompt)]
+        pairs.append(TokenizedPair(prompt, chosen[len(prompt) :], rejected[len(prompt) :]))
+    return pairs
+
+
+def probe_loss_ours(model, pairs: list, pad_token_id: int) -> float:
+    """Our training path's ORPO loss (prefix-shared, packed) on `pairs`, no gradient."""
     import torch
 
-    from orpo_pipeline.models import load_model, load_tokenizer
-    from orpo_pipeline.train.data import PreferenceCollator, tokenize_pairs
-    from orpo_pipeline.train.loss import orpo_loss, pair_logps
+    from orpo_pipeline.train.loss import orpo_loss
+    from orpo_pipeline.train.policy import build_policy
 
-    tokenizer, model = load_tokenizer("default"), load_model("default").eval()
-    pairs = tokenize_pairs(
-        rows, tokenizer, max_length=max_length, max_prompt_length=max_length
-    ).pairs
-    batch = PreferenceCollator(pad_token_id=tokenizer.pad_token_id)(pairs)
+    policy, collate = build_policy(model, share_prompt=True, pad_token_id=pad_token_id)
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        logps = pair_logps(logits, batch, nll_on_prompt=True)
+        logps = policy(collate(pairs), nll_on_prompt=True)
         out = orpo_loss(
             logps.chosen,
             logps.rejected,
@@ -95,8 +108,14 @@ def probe_loss_ours(rows: list[dict], max_length: int) -> float:
     return float(out.loss)
 
 
-def worker_trl(rows: list[dict], max_length: int, steps: int) -> dict:
-    """Train TRL's ORPOTrainer for `steps` steps; time each step; probe the first batch."""
+def worker_trl(
+    rows: list[dict], max_length: int, steps: int, *, gradient_checkpointing: bool
+) -> dict:
+    """Train TRL's ORPOTrainer for `steps` steps; time each step.
+
+    Before training, both losses are taken on TRL's first collated batch: TRL's, and ours on the
+    very same token ids and weights.
+    """
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -115,9 +134,17 @@ def worker_trl(rows: list[dict], max_length: int, steps: int) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.started)
 
+    from orpo_pipeline.train.loop import step_pairs
+
     tokenizer, model = load_tokenizer("default"), load_model("default")
+    # Our loop's order, read sequentially by TRL: step k of both trains on the same pairs.
+    order = [
+        i
+        for step in range(steps)
+        for i in step_pairs(step, num_pairs=len(rows), pairs_per_step=BATCH_SIZE, seed=SEED)
+    ]
     dataset = Dataset.from_list(
-        [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+        [{k: rows[i][k] for k in ("prompt", "chosen", "rejected")} for i in order]
     )
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
@@ -125,12 +152,14 @@ def worker_trl(rows: list[dict], max_length: int, steps: int) -> dict:
             output_dir=out,
             use_cpu=True,
             bf16=False,
+            gradient_checkpointing=gradient_checkpointing,
             per_device_train_batch_size=BATCH_SIZE,
             max_length=max_length,
             max_steps=steps,
             learning_rate=LEARNING_RATE,
             logging_steps=1,
             save_strategy="no",
+            train_sampling_strategy="sequential",
             report_to=[],
             seed=SEED,
         )
@@ -145,20 +174,28 @@ def worker_trl(rows: list[dict], max_length: int, steps: int) -> dict:
         model.eval()
         with torch.no_grad():
             probe, _ = trainer.get_batch_loss_metrics(model, collated, train_eval="eval")
+        pairs = trl_batch_pairs(collated)
+        probe_ours = probe_loss_ours(model, pairs, tokenizer.pad_token_id)
         model.train()
         trainer.train()
-    return {"step_seconds": timer.seconds, "probe_loss": float(probe)}
+    return {
+        "step_seconds": timer.seconds,
+        "probe_loss": float(probe),
+        "probe_loss_ours": probe_ours,
+        "probe_tokens": sum(p.num_tokens for p in pairs),
+    }
 
 
-def worker_ours(rows: list[dict], max_length: int, steps: int) -> dict:
-    """Train with our loop for `steps` steps (no eval, no checkpoints); probe the first batch."""
+def worker_ours(
+    rows: list[dict], max_length: int, steps: int, *, gradient_checkpointing: bool
+) -> dict:
+    """Train with our loop for `steps` steps (no eval, no checkpoints); time each step."""
     import polars as pl
 
     from orpo_pipeline.records import PAIR_SCHEMA
     from orpo_pipeline.train.config import TrainConfig
     from orpo_pipeline.train.loop import train
 
-    probe = probe_loss_ours(rows[:BATCH_SIZE], max_length)
     with tempfile.TemporaryDirectory() as out:
         pairs = Path(out) / "pairs.parquet"
         frame = pl.DataFrame(
@@ -179,19 +216,17 @@ def worker_ours(rows: list[dict], max_length: int, steps: int) -> dict:
             max_prompt_length=max_length,
             seed=SEED,
             num_sample_generations=0,
+            gradient_checkpointing=gradient_checkpointing,
         )
         result = train(config)
         metrics = [
             json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
         ]
-    return {
-        "step_seconds": [m["step_seconds"] for m in metrics if "step_seconds" in m],
-        "probe_loss": probe,
-    }
+    return {"step_seconds": [m["step_seconds"] for m in metrics if "step_seconds" in m]}
 
 
 def matmul_peak_flops() -> float:
-    """Median float32 matmul FLOP/s of this machine (2048 x 2048, all threads)."""
+    """Best float32 matmul FLOP/s of this machine now (2048 x 2048, all threads)."""
     import torch
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -201,11 +236,19 @@ def matmul_peak_flops() -> float:
         started = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - started)
-    return 2 * 2048**3 / statistics.median(times)
+    return 2 * 2048**3 / min(times)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu prints it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def run_worker(impl: str, max_length: int, steps: int, count: int) -> dict:
-    """One fresh process: train, then report step times, probe loss and peak RSS."""
+    """One fresh process: train, then report step times, probe losses and peak RSS."""
     command = [
         sys.executable,
         "-m",
@@ -227,95 +270,138 @@ def run_worker(impl: str, max_length: int, steps: int, count: int) -> dict:
         env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"},
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{impl} worker failed:\n{done.stderr[-3000:]}")
+        msg = f"{impl} worker failed:\n{done.stderr[-3000:]}"
+        raise RuntimeError(msg)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WORKERS = {
+    "trl": partial(worker_trl, gradient_checkpointing=True),
+    "trl_no_gc": partial(worker_trl, gradient_checkpointing=False),
+    "ours": partial(worker_ours, gradient_checkpointing=False),
+    "ours_gc": partial(worker_ours, gradient_checkpointing=True),
+}
+"""Each side with gradient checkpointing (TRL's default: least memory) and without (speed)."""
+
+
+def summarize(
+    runs: dict[str, list[dict]], tokens_per_pair: float, flops_per_token: float, peak: float
+) -> dict:
+    """Medians per implementation; ours against TRL's fastest (speed) and leanest (RSS)."""
+    summary: dict = {"useful_tokens_per_pair": tokens_per_pair}
+    for impl, done in runs.items():
+        # The first step of each run pays one-off costs (allocator warm-up, lazy init): not timed.
+        step = statistics.median(s for run in done for s in run["step_seconds"][1:])
+        summary[impl] = {
+            "seconds_per_step": step,
+            "pairs_per_second": BATCH_SIZE / step,
+            "useful_tokens_per_second": BATCH_SIZE * tokens_per_pair / step,
+            "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in done),
+            "runs": done,
+        }
+    trls = [impl for impl in runs if impl.startswith("trl")]
+    for impl in (impl for impl in runs if impl.startswith("ours")):
+        ours = summary[impl]
+        ours["useful_flops_fraction_of_peak"] = (
+            flops_per_token * ours["useful_tokens_per_second"] / peak
+        )
+        if trls:
+            fastest = max(trls, key=lambda trl: summary[trl]["pairs_per_second"])
+            leanest = min(trls, key=lambda trl: summary[trl]["peak_rss_mb"])
+            ours["speedup_vs_fastest_trl"] = (
+                ours["pairs_per_second"] / summary[fastest]["pairs_per_second"]
+            )
+            ours["rss_ratio_vs_leanest_trl"] = ours["peak_rss_mb"] / summary[leanest]["peak_rss_mb"]
+            ours["fastest_trl"], ours["leanest_trl"] = fastest, leanest
+    if trls:
+        probe = runs[trls[0]][0]
+        summary["probe_loss_trl"] = probe["probe_loss"]
+        summary["probe_loss_ours"] = probe["probe_loss_ours"]
+        summary["probe_loss_relative_difference"] = abs(
+            probe["probe_loss_ours"] - probe["probe_loss"]
+        ) / abs(probe["probe_loss"])
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", choices=["trl", "ours"])
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument(
+        "--impls", nargs="*", choices=sorted(WORKERS), default=["trl", "trl_no_gc", "ours"]
+    )
     parser.add_argument("--max-length", type=int, nargs="*", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
 
     if args.worker:
         (max_length,) = args.max_length
         rows = bench_pairs(max_length, args.pairs)
-        worker = worker_trl if args.worker == "trl" else worker_ours
-        result = worker(rows, max_length, args.steps)
+        result = WORKERS[args.worker](rows, max_length, args.steps)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
 
     lengths = args.max_length or ([256] if args.quick else [256, 1024])
-    steps = args.steps or (3 if args.quick else 6)
+    steps = args.steps or (2 if args.quick else 3)
     reps = args.reps or (1 if args.quick else 3)
     count = steps * BATCH_SIZE
     from orpo_pipeline.models import load_model
 
     parameters = sum(p.numel() for p in load_model("default").parameters())
-    peak = matmul_peak_flops()
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "processor": platform.processor(),
-        },
-        "matmul_peak_gflops": peak / 1e9,
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "command": " ".join(["python -m benchmarks.bench_train", *(argv or sys.argv[1:])]),
         "batch_size": BATCH_SIZE,
-        "steps": steps,
+        "learning_rate": LEARNING_RATE,
+        "steps_per_run": steps,
+        "reps": reps,
         "lengths": {},
     }
+    peaks = []
     for max_length in lengths:
-        tokens = useful_tokens(bench_pairs(max_length, count)) / count  # per pair
-        runs: dict[str, list[dict]] = {"trl": [], "ours": []}
-        for _ in range(reps):
-            for impl in ("trl", "ours"):
+        tokens = useful_tokens(bench_pairs(max_length, count)) / count
+        runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
+        for _ in range(reps):  # alternate implementations, so load drifts hit all alike
+            peaks.append(matmul_peak_flops())
+            for impl in args.impls:
                 runs[impl].append(run_worker(impl, max_length, steps, count))
-        summary = {}
-        for impl, done in runs.items():
-            # The first step pays one-off costs (allocator warm-up, lazy init): not timed.
-            step = statistics.median(s for run in done for s in run["step_seconds"][1:])
-            summary[impl] = {
-                "seconds_per_step": step,
-                "pairs_per_second": BATCH_SIZE / step,
-                "useful_tokens_per_second": BATCH_SIZE * tokens / step,
-                "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in done),
-                "probe_loss": done[0]["probe_loss"],
-            }
-        ours, trl = summary["ours"], summary["trl"]
-        summary["speedup"] = ours["pairs_per_second"] / trl["pairs_per_second"]
-        summary["rss_ratio"] = ours["peak_rss_mb"] / trl["peak_rss_mb"]
-        summary["probe_loss_relative_difference"] = abs(
-            ours["probe_loss"] - trl["probe_loss"]
-        ) / abs(trl["probe_loss"])
-        summary["useful_flops_fraction_of_peak"] = (
-            6 * parameters * ours["useful_tokens_per_second"] / peak
-        )
-        summary["useful_tokens_per_pair"] = tokens
-        results["lengths"][str(max_length)] = summary
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(results, indent=2) + "\n")
+        peak = statistics.median(peaks)
+        results["lengths"][str(max_length)] = summarize(runs, tokens, 6 * parameters, peak)
+        results["matmul_peak_gflops"] = peak / 1e9
+        results["matmul_peak_gflops_samples"] = [p / 1e9 for p in peaks]
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2) + "\n")  # after each length: partial
     print(
-        f"machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
-        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+        f"{results['machine']['cpu']}, {results['machine']['cpus']} CPUs, "
+        f"fp32 matmul peak {results['matmul_peak_gflops']:.0f} GFLOP/s"
     )
     print(
-        "| max_length | TRL pairs/s | ours pairs/s | speed-up | TRL RSS MB | ours RSS MB | "
-        "RSS ratio | probe loss TRL / ours | useful FLOP/s of peak |"
+        "| max_length | impl | pairs/s | useful tokens/s | peak RSS MB | speed-up vs fastest TRL "
+        "| RSS vs leanest TRL | useful FLOP/s of peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for length, s in results["lengths"].items():
-        print(
-            f"| {length} | {s['trl']['pairs_per_second']:.3f} | "
-            f"{s['ours']['pairs_per_second']:.3f} | {s['speedup']:.2f}x | "
-            f"{s['trl']['peak_rss_mb']:.0f} | {s['ours']['peak_rss_mb']:.0f} | "
-            f"{s['rss_ratio']:.2f} | {s['trl']['probe_loss']:.5f} / "
-            f"{s['ours']['probe_loss']:.5f} | {s['useful_flops_fraction_of_peak']:.0%} |"
-        )
+        for impl in (impl for impl in WORKERS if impl in s):
+            r = s[impl]
+            ratios = (
+                f"{r['speedup_vs_fastest_trl']:.2f}x | {r['rss_ratio_vs_leanest_trl']:.2f} | "
+                if "speedup_vs_fastest_trl" in r
+                else "| | "
+            )
+            flops = f"{r['useful_flops_fraction_of_peak']:.0%}" if impl.startswith("ours") else ""
+            print(
+                f"| {length} | {impl} | {r['pairs_per_second']:.3f} | "
+                f"{r['useful_tokens_per_second']:.0f} | {r['peak_rss_mb']:.0f} | {ratios}{flops} |"
+            )
+        if "probe_loss_trl" in s:
+            print(
+                f"first-batch loss at {length}: TRL {s['probe_loss_trl']:.6f}, "
+                f"ours {s['probe_loss_ours']:.6f}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,16 +6,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import polars as pl
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from orpo_pipeline.errors import OrpoPipelineError
 
 COMPLETE = "COMPLETE"
+PACKAGE = "orpo_pipeline"
 
 
 def cache_root() -> Path:
@@ -24,11 +27,26 @@ def cache_root() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "orpo-pipeline"
 
 
+def _package_modules(part: Callable | ModuleType, found: dict[str, ModuleType]) -> None:
+    """Add the module defining `part` and, transitively, the package modules it imports."""
+    module = part if isinstance(part, ModuleType) else inspect.getmodule(part)
+    if module is None or not module.__name__.startswith(PACKAGE) or module.__name__ in found:
+        return
+    found[module.__name__] = module
+    for value in vars(module).values():
+        if isinstance(value, ModuleType) or inspect.isfunction(value) or inspect.isclass(value):
+            _package_modules(value, found)
+
+
 def code_version(*parts: Callable | ModuleType) -> str:
-    """Sha256 of the source files defining the given functions or modules (a package: all files)."""
-    files: set[Path] = set()
+    """Sha256 of the source files defining the given functions or modules and every package
+    module they import, transitively (a stage's key changes when a helper it uses changes)."""
+    found: dict[str, ModuleType] = {}
     for part in parts:
-        path = Path(inspect.getfile(part))
+        _package_modules(part, found)
+    files: set[Path] = set()
+    for module in found.values():
+        path = Path(inspect.getfile(module))
         files.update(path.parent.rglob("*.py") if path.name == "__init__.py" else [path])
     digest = hashlib.sha256()
     for path in sorted(files):
@@ -36,20 +54,38 @@ def code_version(*parts: Callable | ModuleType) -> str:
     return digest.hexdigest()
 
 
-def stage_key(*, parent: str, config: BaseModel, code: str) -> str:
-    """Key of a stage's output: its input's key, its config and its code."""
-    payload = {"parent": parent, "config": config.model_dump(mode="json"), "code": code}
+def stage_key(*, parent: str, config: BaseModel, code: str, reads: Sequence[str] = ()) -> str:
+    """Key of a stage's output: its input's key, its config, its code and the sha256 of every
+    other file it reads."""
+    payload = {
+        "parent": parent,
+        "config": config.model_dump(mode="json"),
+        "code": code,
+        "reads": list(reads),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class StageOutput(NamedTuple):
+    """A finished stage in the cache: kept and rejected rows as Parquet files, in `_row` order."""
+
+    kept: Path
+    rejected: Path
+    rows_in: int
+
+
+Shard = tuple[pl.DataFrame, pl.DataFrame, int]
+"""Kept rows, rejected rows and rows in, of one shard."""
+
+
 class StageCache:
-    """Kept and rejected frames of finished stages, stored by key under one directory."""
+    """Kept and rejected rows of finished stages, stored by key under one directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def load(self, key: str) -> tuple[pl.DataFrame, pl.DataFrame, int] | None:
-        """The cached (kept, rejected, rows_in), or None when the entry is missing or unreadable.
+    def load(self, key: str) -> StageOutput | None:
+        """The cached output, or None when the entry is missing or unreadable.
 
         An entry that cannot be read (cut short by a crash or a partial copy) is removed so the
         stage is recomputed and stored again.
@@ -57,17 +93,21 @@ class StageCache:
         entry = self.root / key
         if not (entry / COMPLETE).exists():
             return None
+        output = StageOutput(entry / "kept.parquet", entry / "rejected.parquet", 0)
         try:
             rows_in = int((entry / COMPLETE).read_text())
-            kept = pl.read_parquet(entry / "kept.parquet")
-            rejected = pl.read_parquet(entry / "rejected.parquet")
+            for path in (output.kept, output.rejected):
+                pl.read_parquet_schema(path)  # a torn file has no footer
         except (OSError, ValueError, pl.exceptions.PolarsError):
             shutil.rmtree(entry, ignore_errors=True)
             return None
-        return kept, rejected, rows_in
+        return output._replace(rows_in=rows_in)
 
-    def store(self, key: str, kept: pl.DataFrame, rejected: pl.DataFrame, *, rows_in: int) -> None:
-        """Write both frames into a temp dir, mark it complete, then rename it into place."""
+    def store(self, key: str, shards: Iterable[Shard]) -> StageOutput:
+        """Write the shards one by one into a temp dir, mark it complete, rename it into place.
+
+        Only one shard is in memory at a time; each becomes a row group of the two files.
+        """
         final = self.root / key
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -76,8 +116,7 @@ class StageCache:
             msg = f"cannot write the stage cache in {self.root}: {error.strerror}"
             raise OrpoPipelineError(msg) from error
         try:
-            kept.write_parquet(temp / "kept.parquet")
-            rejected.write_parquet(temp / "rejected.parquet")
+            rows_in = _write_shards(shards, temp / "kept.parquet", temp / "rejected.parquet")
             (temp / COMPLETE).write_text(str(rows_in))
             for name in ("kept.parquet", "rejected.parquet", COMPLETE):
                 _fsync(temp / name)
@@ -90,6 +129,28 @@ class StageCache:
                 reason = error.strerror if isinstance(error, OSError) else None
                 msg = f"cannot write the stage cache entry {final}: {reason or error}"
                 raise OrpoPipelineError(msg) from error
+        return StageOutput(final / "kept.parquet", final / "rejected.parquet", rows_in)
+
+
+def _write_shards(shards: Iterable[Shard], kept_path: Path, rejected_path: Path) -> int:
+    """Append each shard's frames to two Parquet files; return the sum of rows in."""
+    writers: list[pq.ParquetWriter] = []
+    rows_in = 0
+    try:
+        for kept, rejected, shard_rows_in in shards:
+            tables = [kept.to_arrow(), rejected.to_arrow()]
+            if not writers:
+                writers = [
+                    pq.ParquetWriter(path, table.schema, compression="zstd")
+                    for path, table in zip((kept_path, rejected_path), tables, strict=True)
+                ]
+            for writer, table in zip(writers, tables, strict=True):
+                writer.write_table(table.cast(writer.schema))
+            rows_in += shard_rows_in
+    finally:
+        for writer in writers:
+            writer.close()
+    return rows_in
 
 
 def _fsync(path: Path) -> None:

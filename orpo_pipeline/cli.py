@@ -189,7 +189,23 @@ def data(recipe: Path, overrides: tuple[str, ...]) -> None:
         table.add_row(stage.stage, str(stage.rows_in), str(stage.rows_out), reasons or "-", seconds)
     console.print(table)
     outputs = ", ".join(f"{name} ({rows} pairs)" for name, rows in report.outputs.items())
-    console.print(f"wrote {outputs} to {report.output_dir}")
+    console.print(f"wrote {outputs} and datacard.html to {report.output_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Render a run's report: datacard.html and .md of a data run, report.html of a training run.
+
+    \b
+    Example:
+      orpo-pipeline report runs/data/default
+      orpo-pipeline report runs/train/default-20261124-225251-aba2a762
+    """
+    from orpo_pipeline.pipeline import write_report
+
+    for path in write_report(run_dir):
+        click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -203,12 +219,15 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
       orpo-pipeline train pipelines/train/default.yaml --set max_steps=10
       accelerate launch -m orpo_pipeline train pipelines/train/default.yaml
     """
+    from accelerate import PartialState
+
     from orpo_pipeline.config_files import load_config
     from orpo_pipeline.train.config import TrainConfig
     from orpo_pipeline.train.loop import train as run_training
 
     result = run_training(load_config(config, TrainConfig, overrides))
-    console.print(result.summary())
+    if PartialState().is_main_process:  # under accelerate launch every process returns here
+        console.print(result.summary())
 
 
 @cli.command()

@@ -5,7 +5,7 @@ The HTML is one self-contained file (inline CSS and SVG, no scripts, nothing fet
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,26 +132,49 @@ def _summary(values: np.ndarray) -> dict[str, str]:
     }
 
 
-def _lengths(pairs: pl.DataFrame, tokenizer: "PreTrainedTokenizerBase | None") -> dict[str, Any]:
-    """Length arrays per column, in characters and, with a tokenizer, in tokens."""
-    texts = pairs.select(contents(c) for c in ("prompt", "chosen", "rejected"))
-    result = {
-        "chars": {c: texts[c].str.len_chars().cast(pl.Int64).to_numpy() for c in texts.columns}
-    }
+def _token_counts(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Series], pl.Series]:
+    def count(texts: pl.Series) -> pl.Series:
+        lengths = tokenizer(
+            texts.fill_null("").to_list(),
+            add_special_tokens=False,
+            return_length=True,
+            return_attention_mask=False,
+        )["length"]
+        return pl.Series(texts.name, lengths, dtype=pl.Int64)
+
+    return count
+
+
+def _stats(pairs: pl.LazyFrame, tokenizer: "PreTrainedTokenizerBase | None") -> pl.DataFrame:
+    """One small row per pair: character (and token) lengths, score margin and source.
+
+    Streams over `pairs`, so only these numbers, never the texts, are held for all rows.
+    """
+    schema = pairs.collect_schema()
+    texts = {c: contents(c) for c in ("prompt", "chosen", "rejected")}
+    columns = [text.str.len_chars().cast(pl.Int64).alias(f"chars_{c}") for c, text in texts.items()]
     if tokenizer is not None:
-        result["tokens"] = {
-            c: np.array(
-                tokenizer(
-                    texts[c].to_list(),
-                    add_special_tokens=False,
-                    return_length=True,
-                    return_attention_mask=False,
-                )["length"],
-                dtype=np.int64,
-            )
-            for c in texts.columns
-        }
-    return result
+        count = _token_counts(tokenizer)
+        columns += [
+            text.map_batches(count, return_dtype=pl.Int64, is_elementwise=True).alias(f"tokens_{c}")
+            for c, text in texts.items()
+        ]
+    if {"score_chosen", "score_rejected"} <= set(schema):
+        columns.append((pl.col("score_chosen") - pl.col("score_rejected")).alias("margin"))
+    else:
+        columns.append(pl.lit(None, dtype=pl.Float64).alias("margin"))
+    columns.append(pl.col("source").cast(pl.String))
+    return pairs.select(columns).collect(engine="streaming")
+
+
+def _lengths(stats: pl.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    """Length arrays by unit (chars, tokens) and column."""
+    lengths: dict[str, dict[str, np.ndarray]] = {}
+    for name in stats.columns:
+        unit, _, column = name.partition("_")
+        if unit in ("chars", "tokens"):
+            lengths.setdefault(unit, {})[column] = stats[name].to_numpy()
+    return lengths
 
 
 def _cell(value: Any) -> str:
@@ -173,7 +196,7 @@ def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
 
 
-def _reject_frames_summary(rejects: dict[str, pl.DataFrame]) -> dict[str, Any]:
+def _reject_frames_summary(rejects: dict[str, pl.LazyFrame]) -> dict[str, Any]:
     """Per-source reject counts, contamination hits per eval set, near-duplicate cluster sizes.
 
     Later stages carry `_cluster` and `_eval_set` along, so only the rows rejected for that very
@@ -182,7 +205,10 @@ def _reject_frames_summary(rejects: dict[str, pl.DataFrame]) -> dict[str, Any]:
     by_source: dict[str, int] = {}
     eval_hits: dict[str, int] = {}
     clusters: list[int] = []
-    for frame in rejects.values():
+    for lazy in rejects.values():
+        wanted = ("reason", "source", "_eval_set", "_cluster")
+        present = set(lazy.collect_schema().names())
+        frame = lazy.select(c for c in wanted if c in present).collect(engine="streaming")
         if "source" in frame.columns:
             for source, count in frame.group_by("source").len().iter_rows():
                 by_source[source] = by_source.get(source, 0) + count
@@ -200,8 +226,8 @@ def _reject_frames_summary(rejects: dict[str, pl.DataFrame]) -> dict[str, Any]:
 def write_data_card(
     output_dir: Path,
     report: dict[str, Any],
-    pairs: pl.DataFrame,
-    rejects: dict[str, pl.DataFrame] | None = None,
+    pairs: pl.DataFrame | pl.LazyFrame,
+    rejects: dict[str, pl.DataFrame | pl.LazyFrame] | None = None,
     *,
     tokenizer: "PreTrainedTokenizerBase | None" = None,
 ) -> tuple[Path, Path]:
@@ -210,10 +236,10 @@ def write_data_card(
     Args:
         output_dir: Where the two files go.
         report: The run's `report.json` as a dict (`PipelineReport.model_dump(mode="json")`).
-        pairs: The kept canonical pairs (all output files together).
-        rejects: Reject frames by name (e.g. `"02_filter"`), as the runner writes them: a
-            `reason` column plus the pair columns, and `_cluster` / `_eval_set` where the stage
-            adds them. Adds per-source, per-eval-set and cluster-size summaries.
+        pairs: The kept canonical pairs (all output files together); a lazy frame is streamed.
+        rejects: Reject frames (or lazy frames) by name (e.g. `"02_filter"`), as the runner
+            writes them: a `reason` column plus the pair columns, and `_cluster` / `_eval_set`
+            where the stage adds them. Adds per-source, per-eval-set and cluster-size summaries.
         tokenizer: Adds token-length distributions when given.
 
     Returns:
@@ -221,28 +247,20 @@ def write_data_card(
     """
     stages = report.get("stages", [])
     name = report.get("name", "pipeline run")
-    rows_in = stages[0]["rows_in"] if stages else pairs.height
+    stats = _stats(pairs.lazy(), tokenizer)
+    num_pairs = stats.height
+    rows_in = stages[0]["rows_in"] if stages else num_pairs
     total_rejected = sum(sum(s["rejected"].values()) for s in stages)
-    lengths = _lengths(pairs, tokenizer)
+    lengths = _lengths(stats)
     chosen_minus_rejected = lengths["chars"]["chosen"] - lengths["chars"]["rejected"]
-    chosen_longer = float((chosen_minus_rejected > 0).mean() * 100) if pairs.height else 0.0
-    margins = (
-        pairs.select((pl.col("score_chosen") - pl.col("score_rejected")).alias("margin"))
-        .drop_nulls()["margin"]
-        .to_numpy()
-        if {"score_chosen", "score_rejected"} <= set(pairs.columns)
-        else np.array([])
-    )
-    sources = (
-        pairs.group_by("source").len().sort(["len", "source"], descending=[True, False])
-        if pairs.height
-        else pl.DataFrame({"source": [], "len": []})
-    )
-    extra = _reject_frames_summary(rejects or {})
+    chosen_longer = float((chosen_minus_rejected > 0).mean() * 100) if num_pairs else 0.0
+    margins = stats["margin"].drop_nulls().to_numpy()
+    sources = stats.group_by("source").len().sort(["len", "source"], descending=[True, False])
+    extra = _reject_frames_summary({k: v.lazy() for k, v in (rejects or {}).items()})
 
     counts_rows = [
         ("pairs in", f"{rows_in:,}"),
-        ("pairs out", f"{pairs.height:,}"),
+        ("pairs out", f"{num_pairs:,}"),
         ("rejected", f"{total_rejected:,}"),
         ("chosen longer than rejected", f"{chosen_longer:.1f} %"),
         *((f"output {file}", f"{rows:,}") for file, rows in report.get("outputs", {}).items()),
@@ -265,7 +283,7 @@ def write_data_card(
         (
             source,
             f"{count:,}",
-            f"{100 * count / max(pairs.height, 1):.1f} %",
+            f"{100 * count / max(num_pairs, 1):.1f} %",
             f"{extra['by_source'].get(source, 0):,}",
         )
         for source, count in sources.iter_rows()

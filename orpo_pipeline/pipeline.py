@@ -1,23 +1,44 @@
-"""Pipeline recipes: a source, a list of stages, and the runner that collects and writes."""
+"""Pipeline recipes: a source, a list of stages, and the runner that collects and writes.
+
+The runner works shard by shard: the source is converted one input file at a time (when its
+format pairs rows one by one), per-row stages run on `shard_rows` rows at a time, and global
+stages (`GlobalStage`: dedupe, near_dedupe, mix, split) first gather small per-row keys of all
+rows, decide on those, then tag each shard. Every stage's kept and rejected rows go to the stage
+cache as Parquet, in `_row` order, so results do not depend on the shard size or the engine.
+"""
 
 import hashlib
+import io
 import json
+import shutil
+import sys
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
+import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from orpo_pipeline import exprs, formats, records
-from orpo_pipeline.cache import StageCache, cache_root, code_version, stage_key
+from orpo_pipeline import formats, records
+from orpo_pipeline.cache import Shard, StageCache, StageOutput, cache_root, code_version, stage_key
+from orpo_pipeline.datacard import write_data_card
+from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats import ConvertOptions, convert_files
-from orpo_pipeline.io import write_frame, write_text
-from orpo_pipeline.runs import describe_inputs, write_manifest
-from orpo_pipeline.stages import STAGES, AnyStageConfig, base
-from orpo_pipeline.stages.base import REASON, ROW
+from orpo_pipeline.formats.convert import ROW_PAIRERS
+from orpo_pipeline.io import atomic_path, polars_io_errors, write_text
+from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
+from orpo_pipeline.stages import STAGES, AnyStageConfig
+from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
+from orpo_pipeline.stages.filter import FilterConfig, counting_tokenizer
 from orpo_pipeline.stages.split import SPLIT
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class SourceConfig(ConvertOptions):
@@ -43,7 +64,9 @@ class PipelineSpec(BaseModel):
     output_format: Literal["parquet", "jsonl"] = "parquet"
     """File format of the pair files."""
     cache: bool = True
-    """Reuse stage outputs whose input, config and code are unchanged."""
+    """Reuse stage outputs whose input, config, code and read files are unchanged."""
+    shard_rows: int = Field(default=200_000, ge=1)
+    """Rows a per-row stage holds in memory at once; outputs do not depend on it."""
 
 
 class StageReport(BaseModel):
@@ -51,7 +74,7 @@ class StageReport(BaseModel):
 
     stage: str
     key: str
-    """Content address of the stage output: sha256 of input key, config and code."""
+    """Content address of the stage output: sha256 of input key, config, code and read files."""
     cached: bool
     """True when the output came from the stage cache."""
     rows_in: int
@@ -70,107 +93,245 @@ class PipelineReport(BaseModel):
     output_dir: Path
 
 
-def _public(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.sort(ROW).select(c for c in frame.columns if not c.startswith("_"))
+REJECT_LABELS = ("reason", "source", "_eval_set", "_cluster")
 
 
-def _reason_counts(rejects: pl.DataFrame, column: str) -> dict[str, int]:
-    counts = rejects.group_by(column).len().sort(column)
-    return dict(zip(counts[column].to_list(), counts["len"].to_list(), strict=True))
+def _source_shards(source: SourceConfig) -> Iterator[Shard]:
+    """Converted pairs with a global `_row`: one shard per input file when the format pairs
+    rows one by one, else one shard for all (pairing across rows needs them all)."""
+    first = convert_files(source.inputs[:1], source)
+    if first.kind in ROW_PAIRERS:
+        rest = (convert_files([path], source) for path in source.inputs[1:])
+    else:
+        first, rest = convert_files(source.inputs, source), iter(())
+    offset = 0
+    for result in chain([first], rest):
+        if result.format != first.format:
+            msg = (
+                f"inputs of different formats: {first.inputs[0]} is {first.format}, "
+                f"{result.inputs[0]} is {result.format}; convert them in separate recipes"
+            )
+            raise ConfigError(msg)
+        pairs = result.pairs.with_row_index(ROW, offset=offset)
+        offset += pairs.height
+        yield pairs, result.rejects, result.rows_in
 
 
-def _convert(source: SourceConfig) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    converted = convert_files(source.inputs, source)
-    return converted.pairs.with_row_index(ROW), converted.rejects, converted.rows_in
+def _slices(path: Path, shard_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
+    """(first row, lazy frame) of each run of `shard_rows` rows of a Parquet file (at least one)."""
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+    for start in range(0, max(rows, 1), shard_rows):
+        yield start, pl.scan_parquet(path).slice(start, shard_rows)
 
 
-def _run_stage(frame: pl.DataFrame, stage: BaseModel) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    result = STAGES[stage.stage](frame.lazy(), stage).collect()
-    if REASON not in result.columns:
-        return result, pl.DataFrame(schema={"reason": pl.String}), frame.height
-    rejected = result.filter(pl.col(REASON).is_not_null()).sort(ROW)
-    rejected = rejected.select(
+def _split_tagged(tagged: pl.DataFrame) -> Shard:
+    """Kept and rejected rows (with reason, file and line first), both in `_row` order."""
+    tagged = tagged.sort(ROW)
+    if REASON not in tagged.columns:
+        return tagged, pl.DataFrame(schema={"reason": pl.String}), tagged.height
+    rejected = tagged.filter(pl.col(REASON).is_not_null()).select(
         pl.col(REASON).alias("reason"),
         pl.col("_file").alias("file"),
         pl.col("_line").alias("line"),
         pl.exclude(REASON, "_file", "_line"),
     )
-    return result.filter(pl.col(REASON).is_null()).drop(REASON), rejected, frame.height
+    return tagged.filter(pl.col(REASON).is_null()).drop(REASON), rejected, tagged.height
+
+
+def _stage_shards(parent: Path, stage: BaseModel, shard_rows: int) -> Iterator[Shard]:
+    """Run a stage shard by shard; a global stage decides on the keys of all rows first."""
+    function = STAGES[stage.stage]
+    if not isinstance(function, GlobalStage):
+        for _, shard in _slices(parent, shard_rows):
+            yield _split_tagged(function(shard, stage).collect())
+        return
+    keys = pl.concat(
+        [function.keys(shard, stage).collect() for _, shard in _slices(parent, shard_rows)]
+    )
+    decided = function.decide(keys.lazy(), stage).collect().sort(ROW)
+    del keys
+    for start, shard in _slices(parent, shard_rows):
+        frame = shard.collect()
+        part = decided.slice(start, frame.height)  # both in `_row` order, one row per row
+        assert part[ROW].equals(frame[ROW])
+        yield _split_tagged(frame.join(part, on=ROW, how="left", maintain_order="left"))
+
+
+def _write_frames(frames: Iterable[pl.DataFrame], path: Path) -> int:
+    """Write frames one after another into one Parquet or JSONL file (by extension), atomically;
+    return the rows written. Only one frame is in memory at a time."""
+    rows = 0
+    with atomic_path(path) as temp, polars_io_errors(path):
+        if path.suffix == ".parquet":
+            writer = None
+            for frame in frames:
+                table = frame.to_arrow()
+                writer = writer or pq.ParquetWriter(temp, table.schema, compression="zstd")
+                writer.write_table(table.cast(writer.schema))
+                rows += frame.height
+            if writer is not None:
+                writer.close()
+        else:
+            with temp.open("wb") as handle:
+                for frame in frames:
+                    frame.write_ndjson(handle)
+                    rows += frame.height
+    return rows
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_ndjson(path)
+
+
+def read_reject_labels(path: Path) -> pl.DataFrame:
+    """The columns of a rejects JSONL file that the data card counts (`reason`, and `source`,
+    `_eval_set`, `_cluster` where present), read 64 MiB at a time so memory stays bounded.
+
+    An empty file (a stage that rejected nothing) gives an empty frame: Polars itself cannot read
+    an empty JSONL file.
+    """
+    frames = []
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 26):
+            chunk += handle.readline()  # up to the end of the line cut in two
+            frame = pl.read_ndjson(io.BytesIO(chunk))
+            labels = [c for c in REJECT_LABELS if c in frame.columns]
+            frames.append(frame.select(pl.col(labels).cast(pl.String)))
+    if not frames:
+        return pl.DataFrame(schema={"reason": pl.String})
+    return pl.concat(frames, how="diagonal")
+
+
+def _reason_counts(rejected: pl.LazyFrame) -> dict[str, int]:
+    counts = rejected.group_by("reason").len().sort("reason").collect()
+    return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
+
+
+def _card_tokenizer(spec: PipelineSpec) -> "PreTrainedTokenizerBase | None":
+    """The tokenizer of the recipe's first filter stage that names one, if any."""
+    names = [s.tokenizer for s in spec.stages if isinstance(s, FilterConfig) and s.tokenizer]
+    return counting_tokenizer(names[0]) if names else None
 
 
 def run_pipeline(spec: PipelineSpec) -> PipelineReport:
-    """Run a recipe; write pair files, `rejects/`, `report.json` and `manifest.json`.
+    """Run a recipe; write pair files, `rejects/`, `report.json`, the data card and `manifest.json`.
 
     Each step's output is stored in the stage cache under a key made of its input's key, its
-    config and its code; a rerun with the same key loads the stored output instead of computing.
+    config, its code and every other file it reads; a rerun with the same key loads the stored
+    output instead of computing. With `cache: false` the outputs go to a scratch directory
+    instead, where only the step running and the one before it are kept.
     """
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".scratch.", dir=root) as scratch:
+        cache = StageCache(root / "stages" if spec.cache else Path(scratch))
+        report, inputs = _run_steps(spec, cache, stat_cache=root / "hashes.json")
+    write_text(report.model_dump_json(indent=2) + "\n", spec.output_dir / "report.json")
+    write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), spec.output_dir / "spec.yaml"
+    )
+    write_run_data_card(spec.output_dir)
+    write_manifest(
+        spec.output_dir,
+        kind="data",
+        config=spec,
+        inputs=inputs,
+        outputs=describe_inputs([spec.output_dir / name for name in report.outputs]),
+        extra={
+            "stages": [{"stage": r.stage, "key": r.key, "cached": r.cached} for r in report.stages]
+        },
+    )
+    return report
+
+
+def _run_steps(
+    spec: PipelineSpec, cache: StageCache, *, stat_cache: Path
+) -> tuple[PipelineReport, list[dict[str, Any]]]:
+    """Run or load every step, write the rejects and pair files; return the report and inputs."""
     out_dir = spec.output_dir
-    cache = StageCache(cache_root() / "stages")
-    inputs = describe_inputs(spec.source.inputs, stat_cache=cache_root() / "hashes.json")
+    inputs = describe_inputs(spec.source.inputs, stat_cache=stat_cache)
     parent = hashlib.sha256(json.dumps([f["sha256"] for f in inputs]).encode()).hexdigest()
-    steps: list[BaseModel] = [spec.source, *spec.stages]
-    reports = []
-    frame = pl.DataFrame()
-    for index, step in enumerate(steps):
+    reports: list[StageReport] = []
+    previous: StageOutput | None = None
+    for index, step in enumerate([spec.source, *spec.stages]):
         started = time.perf_counter()
-        is_source = index == 0
-        code = (
-            code_version(formats, records)
-            if is_source
-            else code_version(STAGES[step.stage], base, exprs)
-        )
-        key = stage_key(parent=parent, config=step, code=code)
+        is_source = previous is None
+        reads = [] if is_source else describe_inputs(step.reads(), stat_cache=stat_cache)
+        inputs += [f for f in reads if f not in inputs]
+        module = formats if is_source else sys.modules[type(step).__module__]
+        code = code_version(module, records)
+        key = stage_key(parent=parent, config=step, code=code, reads=[f["sha256"] for f in reads])
         stored = cache.load(key) if spec.cache else None
         if stored is None:
-            kept, rejected, rows_in = (
-                _convert(spec.source) if is_source else _run_stage(frame, step)
+            shards = (
+                _source_shards(spec.source)
+                if previous is None
+                else _stage_shards(previous.kept, step, spec.shard_rows)
             )
-            cache.store(key, kept, rejected, rows_in=rows_in)
+            output = cache.store(key, shards)
+            if not spec.cache and previous is not None:
+                shutil.rmtree(previous.kept.parent)  # scratch: the next step reads only this one
         else:
-            kept, rejected, rows_in = stored
+            output = stored
         name = "convert" if is_source else step.stage
-        write_frame(rejected, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
+        rejected = pl.scan_parquet(output.rejected)
+        shards = (shard.collect() for _, shard in _slices(output.rejected, spec.shard_rows))
+        _write_frames(shards, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
         reports.append(
             StageReport(
                 stage=name,
                 key=key,
                 cached=stored is not None,
-                rows_in=rows_in,
-                rows_out=kept.height,
-                rejected=_reason_counts(rejected, "reason"),
+                rows_in=output.rows_in,
+                rows_out=pl.scan_parquet(output.kept).select(pl.len()).collect().item(),
+                rejected=_reason_counts(rejected),
                 seconds=round(time.perf_counter() - started, 3),
             )
         )
-        frame, parent = kept, key
+        previous, parent = output, key
 
     written = {f"{i:02d}_{r.stage}.jsonl" for i, r in enumerate(reports)}
     for stale in (out_dir / "rejects").glob("[0-9][0-9]_*.jsonl"):
         if stale.name not in written:
             stale.unlink()  # left by an earlier run of a longer recipe into the same directory
 
-    if SPLIT in frame.columns:
-        parts = {
-            f"{name}.{spec.output_format}": frame.filter(pl.col(SPLIT) == name)
-            for name in ("train", "eval")
-        }
-    else:
-        parts = {f"pairs.{spec.output_format}": frame}
-    for file_name, part in parts.items():
-        write_frame(_public(part), out_dir / file_name)
-    report = PipelineReport(
-        name=spec.name,
-        stages=reports,
-        outputs={name: part.height for name, part in parts.items()},
-        output_dir=out_dir,
-    )
-    write_text(report.model_dump_json(indent=2) + "\n", out_dir / "report.json")
-    write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), out_dir / "spec.yaml")
-    write_manifest(
-        out_dir,
-        kind="data",
-        config=spec,
-        inputs=inputs,
-        outputs=describe_inputs([out_dir / name for name in parts]),
-        extra={"stages": [{"stage": r.stage, "key": r.key, "cached": r.cached} for r in reports]},
-    )
-    return report
+    columns = pl.read_parquet_schema(previous.kept)
+    public = [c for c in columns if not c.startswith("_")]
+    names = ("train", "eval") if SPLIT in columns else ("pairs",)
+    outputs = {}
+    for name in names:
+        shards = (shard.collect() for _, shard in _slices(previous.kept, spec.shard_rows))
+        parts = (s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in shards)
+        file_name = f"{name}.{spec.output_format}"
+        outputs[file_name] = _write_frames((p.select(public) for p in parts), out_dir / file_name)
+    report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
+    return report, inputs
+
+
+def write_run_data_card(run_dir: Path) -> tuple[Path, Path]:
+    """Regenerate `datacard.html` and `datacard.md` of a data run from the files it wrote."""
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    spec = PipelineSpec.model_validate(yaml.safe_load((run_dir / "spec.yaml").read_text()))
+    rejects = {p.stem: read_reject_labels(p) for p in sorted((run_dir / "rejects").glob("*.jsonl"))}
+    pairs = pl.concat([_scan(run_dir / name) for name in report["outputs"]])
+    return write_data_card(run_dir, report, pairs, rejects, tokenizer=_card_tokenizer(spec))
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Render a run's report: the data card of a data run, `report.html` of a training run.
+
+    Raises:
+        DataError: `run_dir` is not a run directory, or a file the report reads is missing.
+    """
+    from orpo_pipeline.train.report import write_report as write_training_report
+
+    kind = load_manifest(run_dir)["kind"]
+    try:
+        if kind == "train":
+            return [write_training_report(run_dir)]
+        return list(write_run_data_card(run_dir))
+    except OSError as error:
+        msg = f"{run_dir}: cannot render the {kind} report: {error.strerror or error}"
+        if error.filename:
+            msg += f" ({error.filename})"
+        raise DataError(msg) from error

@@ -219,8 +219,12 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, 
     def by_path(files: list[dict[str, Any]]) -> dict[str, Any]:
         return {f["path"]: f["sha256"] for f in files}
 
+    def inputs(manifest: dict[str, Any]) -> dict[str, Any]:
+        template = {"chat template": manifest.get("chat_template_sha256")}  # training runs
+        return by_path(manifest["inputs"]) | (template if template["chat template"] else {})
+
     return {
-        "inputs": _changes(by_path(a["inputs"]), by_path(b["inputs"])),
+        "inputs": _changes(inputs(a), inputs(b)),
         "outputs": _changes(by_path(a["outputs"]), by_path(b["outputs"])),
         "config": _changes(_flatten(a["config"]), _flatten(b["config"])),
         "code": _changes(without_diff(a["git"]), without_diff(b["git"])),

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ def test_help_lists_the_commands_without_importing_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    for command in ("convert", "data", "train", "model", "runs", "schema", "generate"):
+    for command in ("convert", "data", "report", "train", "model", "runs", "schema", "generate"):
         assert f"  {command} " in done.stdout
 
 
@@ -59,3 +60,44 @@ def test_readme_documents_every_command():
         assert f"orpo-pipeline {name}" in readme, name
         for sub in getattr(command, "commands", {}):
             assert f"orpo-pipeline {name} {sub}" in readme, f"{name} {sub}"
+
+
+def test_report_renders_a_data_run_and_a_training_run(tmp_path):
+    (tmp_path / "hh.jsonl").write_text(
+        json.dumps(
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                "rejected": "\n\nHuman: hi\n\nAssistant: go",
+            }
+        )
+        + "\n"
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: x\nsource: {{inputs: [{tmp_path}/hh.jsonl]}}\noutput_dir: {tmp_path}/out\n"
+    )
+    runner = CliRunner()
+    assert runner.invoke(cli, ["data", str(recipe)], catch_exceptions=False).exit_code == 0
+    (tmp_path / "out" / "datacard.html").unlink()
+    result = runner.invoke(cli, ["report", str(tmp_path / "out")], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "datacard.html" in result.output and (tmp_path / "out" / "datacard.html").exists()
+
+    run = tmp_path / "train-run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"kind": "train"}))
+    (run / "config.yaml").write_text("max_steps: 1\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    result = runner.invoke(cli, ["report", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert (run / "report.html").exists()
+
+
+def test_report_errors_are_one_message_without_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "manifest.json" in result.output and "Traceback" not in result.output
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "train"}))
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "metrics.jsonl" in result.output and "Traceback" not in result.output

@@ -160,3 +160,11 @@ def test_renders_in_chromium(tmp_path, card_inputs):
     # tables, text and coloured bars do neither.
     assert screenshot.stat().st_size > 20_000
     assert len(set(scanlines)) > 128
+
+
+def test_lazy_frames_give_the_same_card(tmp_path, card_inputs):
+    pairs, rejects = card_inputs
+    _, eager = write_data_card(tmp_path / "eager", REPORT, pairs, rejects)
+    lazy_rejects = {name: frame.lazy() for name, frame in rejects.items()}
+    _, lazy = write_data_card(tmp_path / "lazy", REPORT, pairs.lazy(), lazy_rejects)
+    assert lazy.read_text() == eager.read_text()

@@ -75,3 +75,14 @@ def test_packing_saves_tokens_and_respects_the_row_budget():
     assert sorted(set(packed.group.tolist())) == list(range(12))
     with pytest.raises(ValueError, match="does not fit"):
         pack_pairs(pairs, max_row_tokens=10, pad_token_id=0)
+
+
+def test_default_rows_are_as_wide_as_the_longest_pair_and_shared():
+    pairs = [
+        TokenizedPair([1, 3, 4], [5, 6, 2], [7, 2]),  # 8 tokens: a row of its own
+        TokenizedPair([1], [8], [2]),  # 3 + 5 = 8: these two share the second row
+        TokenizedPair([1, 3], [9, 2], [2]),
+    ]
+    packed = pack_pairs(pairs, max_row_tokens=None, pad_token_id=0)
+    assert packed.input_ids.tolist() == [[1, 3, 4, 5, 6, 2, 7, 2], [1, 3, 9, 2, 2, 1, 8, 2]]
+    assert packed.segment_ids.tolist() == [[0] * 8, [0] * 5 + [1] * 3]

@@ -1,14 +1,25 @@
 import gzip
+import importlib
 import json
 import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
+from polars.testing import assert_frame_equal
 
 from orpo_pipeline.config_files import load_config
-from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
+from orpo_pipeline.io import write_frame
+from orpo_pipeline.pipeline import (
+    PipelineSpec,
+    read_reject_labels,
+    run_pipeline,
+    write_report,
+    write_run_data_card,
+)
 from orpo_pipeline.runs import diff_manifests, load_manifest, verify_run
+from orpo_pipeline.stages.decontaminate import DecontaminateConfig
 from tests.conftest import REPO
 
 
@@ -120,7 +131,7 @@ def test_a_changed_input_row_changes_every_key_and_the_input_hash(recipe, tmp_pa
     changes = diff_manifests(before, load_manifest(second.output_dir))
     assert list(changes["inputs"]) == [str(spec.source.inputs[0])]
     assert changes["config"] == {}
-    assert set(changes["outputs"]) <= {str(first.output_dir / n) for n in first.outputs}
+    assert set(changes["outputs"]) <= set(first.outputs)  # paths relative to the run
     assert changes["outputs"]
     assert any("input changed" in p for p in verify_run(before))
 
@@ -164,3 +175,182 @@ def test_default_recipe_counts(tmp_path, monkeypatch):
     report = run_pipeline(spec)
     assert report.stages[0].rejected == {"empty_response": 4, "roles_not_alternating": 9}
     assert report.outputs == {"train.parquet": 2199, "eval.parquet": 100}
+
+
+def stage_keys(report) -> dict[str, str]:
+    return {stage.stage: stage.key for stage in report.stages}
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """Two HH files (two sources) with duplicates across them, near-duplicates and rejects."""
+    first = [hh_row(f"question {i}", f"good answer {i}", f"bad answer {i}") for i in range(30)]
+    second = [hh_row(f"question {i}", f"good answer {i}", f"bad answer {i}") for i in range(20, 45)]
+    second += [hh_row("Question 3?", "yes", "no"), hh_row("same", "x  y", "x y")]
+    write_hh(tmp_path / "a.jsonl.gz", first)
+    write_hh(tmp_path / "b.jsonl.gz", second)
+    (tmp_path / "other.txt").write_text("question 7\n")
+    (tmp_path / "evals.txt").write_text("question 9\n")
+    spec = {
+        "name": "sharded",
+        "source": {"inputs": [str(tmp_path / n) for n in ("a.jsonl.gz", "b.jsonl.gz")]},
+        "stages": [
+            {"stage": "validate"},
+            {"stage": "dedupe", "scope": "prompt"},
+            {
+                "stage": "near_dedupe",
+                "ngram_size": 1,
+                "bands": 20,
+                "rows_per_band": 2,
+                "threshold": 0.6,
+            },
+            {"stage": "cross_dedupe", "others": [str(tmp_path / "other.txt")]},
+            {"stage": "decontaminate", "sets": [], "extra": [str(tmp_path / "evals.txt")]},
+            {"stage": "filter"},
+            {"stage": "mix", "fractions": {"a.jsonl.gz": 0.8, "b.jsonl.gz": 1.0}},
+            {"stage": "split", "eval_size": 5},
+        ],
+        "output_dir": str(tmp_path / "out"),
+    }
+    return PipelineSpec.model_validate(spec)
+
+
+def run_files(report) -> dict[str, object]:
+    """Pair files as frames (their row groups follow the shards), rejects files as bytes."""
+    out = report.output_dir
+    files: dict[str, object] = {p.name: pl.read_parquet(p) for p in out.glob("*.parquet")}
+    return files | {p.name: p.read_bytes() for p in out.glob("rejects/*.jsonl")}
+
+
+def test_results_do_not_depend_on_the_shard_size(two_sources, tmp_path):
+    whole = run_pipeline(two_sources)
+    files = run_files(whole)
+    sharded = run_pipeline(
+        two_sources.model_copy(
+            update={"shard_rows": 4, "output_dir": tmp_path / "s", "cache": False}
+        )
+    )
+    sharded_files = run_files(sharded)
+    assert sharded_files.keys() == files.keys()
+    for name, content in files.items():
+        if isinstance(content, pl.DataFrame):
+            assert_frame_equal(sharded_files[name], content)
+        else:
+            assert sharded_files[name] == content, name
+    assert [s.rejected for s in sharded.stages] == [s.rejected for s in whole.stages]
+    reasons = {reason for s in whole.stages for reason in s.rejected}
+    assert {"duplicate", "near_duplicate", "in_other_dataset", "contaminated"} <= reasons
+    assert {"not_sampled", "chosen_equals_rejected"} <= reasons
+    train = pl.read_parquet(whole.output_dir / "train.parquet")
+    assert set(train["source"]) == {"a.jsonl.gz", "b.jsonl.gz"}
+
+
+def change_key_inputs(spec: PipelineSpec, what: str, monkeypatch, tmp_path) -> None:
+    """Change one file a stage reads, for real."""
+    if what == "reference":
+        (tmp_path / "other.txt").write_text("question 8\n")
+    elif what == "eval_file":
+        (tmp_path / "evals.txt").write_text("question 9\nquestion 10\n")
+    elif what == "source":
+        write_hh(spec.source.inputs[1], [hh_row("question 99", "good", "bad")])
+    elif what == "shingles":
+        read_bytes = Path.read_bytes
+        monkeypatch.setattr(
+            Path,
+            "read_bytes",
+            lambda self: read_bytes(self) + (b"\n# edited" if self.name == "shingles.py" else b""),
+        )
+
+
+@pytest.mark.parametrize(
+    ("what", "first_changed"),
+    [
+        ("reference", "cross_dedupe"),
+        ("eval_file", "decontaminate"),
+        ("source", "convert"),
+        ("shingles", "near_dedupe"),
+    ],
+)
+def test_a_stage_key_changes_with_every_file_it_reads(
+    two_sources, what, first_changed, monkeypatch, tmp_path
+):
+    before = stage_keys(run_pipeline(two_sources))
+    change_key_inputs(two_sources, what, monkeypatch, tmp_path)
+    after = stage_keys(run_pipeline(two_sources))
+    order = list(before)
+    changed = [name for name in order if before[name] != after[name]]
+    assert changed == order[order.index(first_changed) :]  # that stage and every later one
+    assert "mix" in changed
+
+
+def test_the_shipped_eval_sets_are_part_of_the_key(two_sources, monkeypatch, tmp_path):
+    from orpo_pipeline.stages import reference
+
+    decontaminate = importlib.import_module("orpo_pipeline.stages.decontaminate")
+    stages = [s for s in two_sources.stages if s.stage != "decontaminate"]
+    spec = two_sources.model_copy(update={"stages": [*stages[:4], DecontaminateConfig()]})
+    before = stage_keys(run_pipeline(spec))
+    edited = tmp_path / "ifeval.jsonl"
+    edited.write_bytes(reference.eval_set_path("ifeval").read_bytes() + b'{"prompt": "new"}\n')
+    shipped = reference.eval_set_path
+    monkeypatch.setattr(
+        decontaminate, "eval_set_path", lambda name: edited if name == "ifeval" else shipped(name)
+    )
+    after = stage_keys(run_pipeline(spec))
+    assert [n for n in before if before[n] != after[n]] == ["decontaminate"]
+
+
+def save_word_tokenizer(directory: Path, words: list[str]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.train_from_iterator(
+        [" ".join(words)], trainers.WordLevelTrainer(special_tokens=["<unk>"])
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>").save_pretrained(
+        directory
+    )
+
+
+def test_a_named_tokenizer_is_part_of_the_key_and_the_data_card(recipe, tmp_path):
+    save_word_tokenizer(tmp_path / "tok", ["question", "answer"])
+    spec = load_config(
+        recipe,
+        PipelineSpec,
+        [f"stages.2.tokenizer={tmp_path / 'tok'}", "stages.2.max_prompt_tokens=50"],
+    )
+    before = stage_keys(run_pipeline(spec))
+    assert "| tokens | prompt |" in (spec.output_dir / "datacard.md").read_text()
+    save_word_tokenizer(tmp_path / "tok", ["question", "answer", "good"])
+    after = stage_keys(run_pipeline(spec))
+    assert [n for n in before if before[n] != after[n]] == ["filter", "split"]
+
+
+def test_a_data_run_writes_its_data_card_and_report_regenerates_it(recipe):
+    report = run_pipeline(load_config(recipe, PipelineSpec))
+    card = report.output_dir / "datacard.md"
+    text = card.read_text()
+    assert f"| pairs out | {sum(report.outputs.values())} |" in text
+    assert "duplicate" in text
+    card.unlink()
+    assert write_report(report.output_dir) == [
+        report.output_dir / n for n in ("datacard.html", "datacard.md")
+    ]
+    assert card.read_text() == text
+
+
+def test_empty_rejects_files_are_written_and_read(recipe):
+    # Regression (issue 5): polars cannot read an empty JSONL file, which is what a stage that
+    # rejects nothing leaves.
+    report = run_pipeline(load_config(recipe, PipelineSpec))
+    empty = report.output_dir / "rejects" / "04_split.jsonl"
+    assert empty.exists() and empty.stat().st_size == 0
+    assert read_reject_labels(empty).height == 0
+    write_frame(pl.DataFrame(schema={"reason": pl.String}), report.output_dir / "zero.jsonl")
+    assert read_reject_labels(report.output_dir / "zero.jsonl").height == 0
+    assert read_reject_labels(report.output_dir / "rejects" / "02_dedupe.jsonl").to_dict(
+        as_series=False
+    ) == {"reason": ["duplicate"], "source": ["hh.jsonl.gz"]}
+    write_run_data_card(report.output_dir)

@@ -1,4 +1,8 @@
-"""What every stage shares: a frozen config base and reject tagging."""
+"""What every stage shares: a frozen config base, reject tagging, and the global-stage shape."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
@@ -13,6 +17,10 @@ class StageConfig(BaseModel):
     """Base for stage configs: immutable, unknown keys are errors, docstrings become help."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    def reads(self) -> list[Path]:
+        """Files the stage reads besides its input frame; their contents are part of its key."""
+        return []
 
 
 def tag_rejects(lf: pl.LazyFrame, rules: dict[str, pl.Expr]) -> pl.LazyFrame:
@@ -30,3 +38,20 @@ def tag_rejects(lf: pl.LazyFrame, rules: dict[str, pl.Expr]) -> pl.LazyFrame:
         pl.when(~keep.fill_null(value=False)).then(pl.lit(name)) for name, keep in rules.items()
     ]
     return lf.with_columns(pl.coalesce(failed).alias(REASON))
+
+
+class GlobalStage(NamedTuple):
+    """A stage that needs every row at once, in two parts, so that it can run on shards.
+
+    `keys` works row by row and returns `_row` plus the few small columns `decide` needs (a hash,
+    a group); `decide` sees those for all rows and returns `_row` with `_reason` and any columns
+    the stage adds. Only the keys of all rows are ever in memory together.
+    """
+
+    keys: Callable[[pl.LazyFrame, Any], pl.LazyFrame]
+    decide: Callable[[pl.LazyFrame, Any], pl.LazyFrame]
+
+    def __call__(self, lf: pl.LazyFrame, config: Any) -> pl.LazyFrame:
+        """The whole stage on one frame: decide on its keys, join the outcome back by `_row`."""
+        decided = self.decide(self.keys(lf, config), config)
+        return lf.join(decided, on=ROW, how="left", maintain_order="left")

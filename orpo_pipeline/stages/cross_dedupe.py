@@ -30,6 +30,10 @@ class CrossDedupeConfig(StageConfig):
     casefold: bool = False
     """Ignore case when comparing."""
 
+    def reads(self) -> list[Path]:
+        """The reference files."""
+        return list(self.others)
+
 
 def cross_dedupe(lf: pl.LazyFrame, config: CrossDedupeConfig) -> pl.LazyFrame:
     """Tag rows whose normalised text is in any of `config.others`; reads them lazily."""

@@ -44,6 +44,10 @@ class DecontaminateConfig(StageConfig):
     min_overlap: float = Field(default=0.5, gt=0, le=1)
     """Share of an eval prompt's distinct n-grams that must occur in the training prompt."""
 
+    def reads(self) -> list[Path]:
+        """The shipped eval set files, then the own ones."""
+        return [*(eval_set_path(name) for name in self.sets), *self.extra]
+
     @model_validator(mode="after")
     def _some_prompts(self) -> "DecontaminateConfig":
         if not self.sets and not self.extra:
@@ -110,8 +114,8 @@ class _EvalIndex:
 
 
 def _scan_evals(config: DecontaminateConfig) -> pl.LazyFrame:
-    sources = [(name, eval_set_path(name)) for name in config.sets]
-    sources += [(path.stem, path) for path in config.extra]
+    names = [*config.sets, *(path.stem for path in config.extra)]
+    sources = zip(names, config.reads(), strict=True)
     return pl.concat(
         scan_reference(path).select(
             pl.lit(name).alias(EVAL_SET),

@@ -1,6 +1,8 @@
 """Row filters that tag rejected pairs with a reason."""
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -43,6 +45,11 @@ REFUSAL_PHRASES = (
 
 _MID_SENTENCE_END = r"[\p{L}\p{N},;:(\[{-]\s*$"
 """A last visible character that no finished sentence, list or code block ends with."""
+_TOKENIZER_FILE = re.compile(
+    r"tokenizer.*|special_tokens_map\.json|added_tokens\.json|vocab.*|merges\.txt|.*\.model"
+    r"|.*\.tiktoken|chat_template\.jinja"
+)
+"""Files a Hugging Face tokenizer is loaded from (weights and model config are not)."""
 _WHITESPACE_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c", dtype=np.uint8)
 
 
@@ -112,6 +119,20 @@ class FilterConfig(StageConfig):
     min_language_score: float = Field(default=0.65, ge=0, le=1)
     """Least detector confidence in `language` (datatrove's default)."""
 
+    def reads(self) -> list[Path]:
+        """The tokenizer's files, when `tokenizer` is a local checkpoint or the default model (a
+        hub id is keyed by its name only)."""
+        if self.tokenizer is None:
+            return []
+        from orpo_pipeline.models import resolve_model
+
+        directory = Path(resolve_model(self.tokenizer))
+        if not directory.is_dir():
+            return []
+        return sorted(
+            p for p in directory.iterdir() if p.is_file() and _TOKENIZER_FILE.match(p.name)
+        )
+
     @model_validator(mode="after")
     def _tokenizer_for_token_rules(self) -> "FilterConfig":
         token_rules = {
@@ -127,7 +148,8 @@ class FilterConfig(StageConfig):
         return self
 
 
-def _load_tokenizer(name: str) -> "PreTrainedTokenizerBase":
+def counting_tokenizer(name: str) -> "PreTrainedTokenizerBase":
+    """The tokenizer of a model name or checkpoint path, for counting tokens (no chat template)."""
     from transformers import AutoTokenizer
 
     from orpo_pipeline.models import resolve_model
@@ -215,7 +237,7 @@ def filter_rows(lf: pl.LazyFrame, config: FilterConfig) -> pl.LazyFrame:
         margin = pl.col("score_chosen") - pl.col("score_rejected")
         rules["score_margin_below_min"] = margin >= config.min_score_margin
     if config.tokenizer is not None:
-        tokens = _token_counter(_load_tokenizer(config.tokenizer))
+        tokens = _token_counter(counting_tokenizer(config.tokenizer))
         prompt_tokens = tokens(contents("prompt"))
         chosen_tokens, rejected_tokens = tokens(chosen), tokens(rejected)
         if config.max_length is not None:

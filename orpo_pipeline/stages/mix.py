@@ -6,7 +6,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from orpo_pipeline.exprs import stable_hash
-from orpo_pipeline.stages.base import ROW, StageConfig, tag_rejects
+from orpo_pipeline.stages.base import REASON, ROW, GlobalStage, StageConfig, tag_rejects
 
 
 class MixConfig(StageConfig):
@@ -66,13 +66,22 @@ def _quota(config: MixConfig) -> pl.Expr:
     return (share * scale).round(6).floor()  # so that 0.1 + 0.2 + 0.7 != 1 costs no row
 
 
-def mix(lf: pl.LazyFrame, config: MixConfig) -> pl.LazyFrame:
+def _keys(lf: pl.LazyFrame, config: MixConfig) -> pl.LazyFrame:
+    """`_row`, `source` and `_draw`: the seeded sha256 of the pair `id`."""
+    draw = stable_hash(pl.col("id"), salt=f"mix:{config.seed}").alias("_draw")
+    return lf.select(ROW, "source", draw)
+
+
+def _decide(keys: pl.LazyFrame, config: MixConfig) -> pl.LazyFrame:
     """Tag rows outside each source's seeded sample as `not_sampled`."""
     listed = list(config.weights or config.fractions or {})
-    draw = stable_hash(pl.col("id"), salt=f"mix:{config.seed}").alias("_draw")
     rank = pl.int_range(pl.len()).over("source", order_by=["_draw", ROW])
     rules = {
         "source_not_in_mix": pl.col("source").is_in(listed),
         "not_sampled": rank < _quota(config),
     }
-    return tag_rejects(lf.with_columns(draw), rules).drop("_draw")
+    return tag_rejects(keys, rules).select(ROW, REASON)
+
+
+mix = GlobalStage(_keys, _decide)
+"""Tag rows outside each source's seeded sample as `not_sampled`."""

@@ -8,7 +8,7 @@ import polars as pl
 from pydantic import Field
 
 from orpo_pipeline.exprs import contents, simplified
-from orpo_pipeline.stages.base import ROW, StageConfig, tag_rejects
+from orpo_pipeline.stages.base import REASON, ROW, GlobalStage, StageConfig, tag_rejects
 from orpo_pipeline.stages.shingles import mix64, shingle_hashes
 
 CLUSTER = "_cluster"
@@ -129,10 +129,21 @@ def _clusters(batch: pl.Series, config: NearDedupeConfig) -> pl.Series:
     ).to_struct()
 
 
-def near_dedupe(lf: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
-    """Tag later members of near-duplicate prompt clusters and add `_cluster` to every member."""
-    columns = pl.struct(simplified(contents("prompt")).alias("text"), ROW, "id")
+def _keys(lf: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
+    """`_row`, `id` and `_text`, the simplified prompt (the signatures need the whole text)."""
+    return lf.select(ROW, "id", simplified(contents("prompt")).alias("_text"))
+
+
+def _decide(keys: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
+    """Tag later members of near-duplicate prompt clusters; add `_cluster` to every member."""
+    columns = pl.struct(pl.col("_text").alias("text"), ROW, "id")
     dtype = pl.Struct({CLUSTER: pl.String, "_near_duplicate": pl.Boolean})
     clusters = columns.map_batches(lambda batch: _clusters(batch, config), return_dtype=dtype)
-    lf = lf.with_columns(clusters.alias("_clusters")).unnest("_clusters")
-    return tag_rejects(lf, {"near_duplicate": ~pl.col("_near_duplicate")}).drop("_near_duplicate")
+    lf = keys.select(ROW, clusters.alias("_clusters")).unnest("_clusters")
+    return tag_rejects(lf, {"near_duplicate": ~pl.col("_near_duplicate")}).select(
+        ROW, CLUSTER, REASON
+    )
+
+
+near_dedupe = GlobalStage(_keys, _decide)
+"""Tag later members of near-duplicate prompt clusters and add `_cluster` to every member."""

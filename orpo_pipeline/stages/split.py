@@ -6,7 +6,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from orpo_pipeline.exprs import messages_text, normalized, stable_hash
-from orpo_pipeline.stages.base import StageConfig
+from orpo_pipeline.stages.base import ROW, GlobalStage, StageConfig
 
 SPLIT = "_split"
 """Column holding "train" or "eval" after the split stage."""
@@ -31,24 +31,28 @@ class SplitConfig(StageConfig):
         return self
 
 
-def split(lf: pl.LazyFrame, config: SplitConfig) -> pl.LazyFrame:
-    """Add `_split`; the assignment depends on prompt text and seed only, not on row order."""
+def _keys(lf: pl.LazyFrame, config: SplitConfig) -> pl.LazyFrame:
+    """`_row` and `_group`: a seeded sha256 of the normalised prompt."""
     group = stable_hash(normalized(messages_text("prompt")), salt=f"split:{config.seed}")
-    lf = lf.with_columns(group.alias("_group"))
+    return lf.select(ROW, group.alias("_group"))
+
+
+def _decide(keys: pl.LazyFrame, config: SplitConfig) -> pl.LazyFrame:
+    """`_row` and `_split`; depends on prompt text and seed only, not on row order."""
     if config.eval_fraction is not None:
         cutoff = int(config.eval_fraction * 2**64)
-        return lf.with_columns(
-            pl.when(pl.col("_group") < cutoff)
-            .then(pl.lit("eval"))
-            .otherwise(pl.lit("train"))
-            .alias(SPLIT)
-        ).drop("_group")
-    sizes = lf.group_by("_group").agg(pl.len().alias("_size")).sort("_group")
+        in_eval = pl.col("_group") < cutoff
+        return keys.select(
+            ROW, pl.when(in_eval).then(pl.lit("eval")).otherwise(pl.lit("train")).alias(SPLIT)
+        )
+    sizes = keys.group_by("_group").agg(pl.len().alias("_size")).sort("_group")
     eval_groups = sizes.filter(pl.col("_size").cum_sum() <= config.eval_size).select(
         "_group", pl.lit("eval").alias(SPLIT)
     )
-    return (
-        lf.join(eval_groups, on="_group", how="left", maintain_order="left")
-        .with_columns(pl.col(SPLIT).fill_null("train"))
-        .drop("_group")
+    return keys.join(eval_groups, on="_group", how="left").select(
+        ROW, pl.col(SPLIT).fill_null("train")
     )
+
+
+split = GlobalStage(_keys, _decide)
+"""Add `_split`: whole prompt groups go to train or eval."""

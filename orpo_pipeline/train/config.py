@@ -78,6 +78,8 @@ class TrainConfig(Settings):
     """Seeds initialisation, data order and dropout."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast dtype; "auto" is bf16 on a CUDA device that supports it and "no" elsewhere."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass: less memory, ~1/3 more compute."""
 
     log_every_steps: int = Field(default=1, ge=1)
     """Optimizer steps between training metric lines (one device sync per line)."""
@@ -98,11 +100,13 @@ class TrainConfig(Settings):
     """Keep only the newest N complete checkpoints; null keeps all."""
     resume: Path | None = None
     """A run directory to continue from its newest complete checkpoint, with the same config."""
+    force_resume: bool = False
+    """Resume even when pairs, model, tokenizer or chat template changed since the run began."""
 
     lora: LoraConfig | None = None
     """Train LoRA adapters instead of all weights."""
     trackers: list[Tracker] = ["jsonl"]
-    """Metric sinks; `metrics.jsonl` is always written, tensorboard and mlflow must be installed."""
+    """Metric sinks: jsonl (always), tensorboard (<run>/tensorboard/), mlflow (<run>/mlflow.db)."""
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "TrainConfig":

@@ -2,9 +2,9 @@
 
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import json
-import logging
 import math
 import os
 import random
@@ -16,34 +16,44 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.logging import get_logger
+from accelerate.utils import (
+    ProjectConfiguration,
+    broadcast_object_list,
+    parse_flag_from_env,
+    set_seed,
+)
 from tqdm import tqdm
 from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
 
+from orpo_pipeline.cache import cache_root
 from orpo_pipeline.errors import ConfigError, DataError, RunExistsError
 from orpo_pipeline.io import write_text
 from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
-from orpo_pipeline.runs import config_hash, describe_inputs, utc_stamp, write_manifest
+from orpo_pipeline.runs import (
+    config_hash,
+    describe_inputs,
+    load_manifest,
+    utc_stamp,
+    write_manifest,
+)
 from orpo_pipeline.train.checkpoints import load_checkpoint, save_checkpoint
 from orpo_pipeline.train.config import LoraConfig, TrainConfig
 from orpo_pipeline.train.data import TokenizedPairs, read_pairs, tokenize_pairs
 from orpo_pipeline.train.evaluate import evaluate, generate_samples
 from orpo_pipeline.train.loss import SUMS, metric_sums, metrics_from_sums, orpo_loss
 from orpo_pipeline.train.policy import build_policy
+from orpo_pipeline.train.report import SUMMARY_METRICS, write_report
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # logs on the main process only
 
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic")}
+"""Packages (= module names) each tracker needs; mlflow-skinny lacks the sqlite store's two."""
+INPUTS = "inputs.json"
+"""The run's inputs by content as it began; a resume compares them with the current ones."""
 TIMING_METRICS = frozenset({"step_seconds", "tokens_per_second"})
 """Wall-clock metrics in `metrics.jsonl`: the only ones that differ between identical runs."""
-SUMMARY_METRICS = (
-    "rewards/accuracies",
-    "rewards/margins",
-    "log_odds_chosen",
-    "log_odds_ratio",
-    "nll_loss",
-    "loss",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +97,13 @@ def resolve_mixed_precision(setting: str) -> str:
 def check_trackers(trackers: list[str]) -> None:
     """Raise ConfigError for a requested tracker whose package is missing (Accelerate drops it)."""
     missing = [
-        name
+        package
         for name in trackers
-        if name in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[name]) is None
+        for package in TRACKER_PACKAGES.get(name, ())
+        if importlib.util.find_spec(package) is None
     ]
     if missing:
-        packages = " ".join(TRACKER_PACKAGES[name] for name in missing)
-        msg = f"trackers {missing} requested but not installed: pip install {packages}"
+        msg = f"trackers {trackers} need missing packages: pip install {' '.join(missing)}"
         raise ConfigError(msg)
 
 
@@ -126,7 +136,8 @@ def _open_run_dir(config: TrainConfig, state: PartialState) -> Path:
             raise ConfigError(msg)
         saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
         current = config.model_dump(mode="json")
-        changed = sorted(k for k in current if k != "resume" and saved.get(k) != current[k])
+        ignored = {"resume", "force_resume"}
+        changed = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
         if changed:
             msg = f"resume: config differs from {saved_path} in {changed}; resume with that config"
             raise ConfigError(msg)
@@ -144,6 +155,39 @@ def _open_run_dir(config: TrainConfig, state: PartialState) -> Path:
         write_text(config_yaml, run_dir / "config.yaml")
     state.wait_for_everyone()
     return run_dir
+
+
+def run_inputs(config: TrainConfig, chat_template: str) -> dict[str, Any]:
+    """Everything a run reads, by content: pairs, model and tokenizer files, template, data runs.
+
+    The chat template is hashed as the string actually used; a data run is the directory of a pair
+    file when it holds a `manifest.json`. A hub model id has no local directory and is recorded by
+    name only (`model` in the manifest).
+    """
+    pairs = [config.train_pairs] + ([config.eval_pairs] if config.eval_pairs else [])
+    model_dir = Path(resolve_model(config.model))
+    data_runs = {str(p.parent) for p in pairs if (p.parent / "manifest.json").is_file()}
+    return {
+        "files": describe_inputs(
+            pairs + ([model_dir] if model_dir.is_dir() else []),
+            stat_cache=cache_root() / "hashes.json",
+        ),
+        "chat_template_sha256": hashlib.sha256(chat_template.encode()).hexdigest(),
+        "data_runs": [
+            {"path": path, "run_id": load_manifest(Path(path))["run_id"]}
+            for path in sorted(data_runs)
+        ],
+    }
+
+
+def changed_inputs(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Input files added, removed or changed between two `run_inputs`, and the chat template."""
+    old = {f["path"]: f["sha256"] for f in before["files"]}
+    new = {f["path"]: f["sha256"] for f in now["files"]}
+    changed = sorted(path for path in old.keys() | new.keys() if old.get(path) != new.get(path))
+    if before["chat_template_sha256"] != now["chat_template_sha256"]:
+        changed.append("chat template")
+    return changed
 
 
 def _add_lora(model: Any, lora: LoraConfig) -> Any:
@@ -181,13 +225,27 @@ def _data_report(tokenized: TokenizedPairs, rows: int) -> dict[str, Any]:
     }
 
 
-def _save_final(model: Any, tokenizer: Any, final_dir: Path, lora: LoraConfig | None) -> None:
-    """Save model and tokenizer (with chat template) in HF format, atomically."""
+def _save_final(
+    model: Any,
+    tokenizer: Any,
+    final_dir: Path,
+    *,
+    lora: LoraConfig | None,
+    state_dict: dict[str, torch.Tensor],
+) -> None:
+    """Save model and tokenizer (with chat template) in HF format, atomically.
+
+    `state_dict` is the policy's full state (gathered from every process under FSDP or ZeRO-3);
+    merging LoRA adapters uses the local weights instead, so it needs unsharded training.
+    """
     temp = final_dir.with_name(f".tmp-{final_dir.name}")
     shutil.rmtree(temp, ignore_errors=True)
     if lora is not None and lora.merge_on_save:
-        model = model.merge_and_unload()
-    model.save_pretrained(temp)
+        model.merge_and_unload().save_pretrained(temp)
+    else:  # the policy holds the model as `model`
+        model.save_pretrained(
+            temp, state_dict={k.removeprefix("model."): v for k, v in state_dict.items()}
+        )
     tokenizer.save_pretrained(temp)
     if final_dir.exists():
         shutil.rmtree(final_dir)
@@ -202,29 +260,57 @@ def _read_evals(metrics_path: Path) -> list[dict[str, float]]:
 def train(config: TrainConfig) -> TrainResult:
     """Train with ORPO as `config` says; evaluate before, every `eval_every_steps` and after.
 
-    Writes `<run>/config.yaml`, `data.json` (kept, rejected and truncated pairs),
-    `metrics.jsonl`, `samples/step-NNNNNN.jsonl`, `checkpoints/step-NNNNNN/`, `final/` (model
-    and tokenizer, loadable with `AutoModelForCausalLM`) and `manifest.json`.
+    Writes `<run>/config.yaml`, `inputs.json` (inputs by sha256), `data.json` (kept, rejected
+    and truncated pairs), `metrics.jsonl`, `samples/step-NNNNNN.jsonl`,
+    `checkpoints/step-NNNNNN/`, `final/` (model and tokenizer, loadable with
+    `AutoModelForCausalLM`), `manifest.json`, `report.html`, and `tensorboard/` or `mlflow.db`
+    when those trackers are asked for.
     """
     started = time.monotonic()
     check_trackers(config.trackers)
-    run_dir = _open_run_dir(config, PartialState())
+    # Set up as the Accelerator below will be: `ACCELERATE_USE_CPU` makes a CPU launch distributed.
+    run_dir = _open_run_dir(config, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")))
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         log_with=[name for name in config.trackers if name != "jsonl"] or None,
-        project_dir=run_dir,
+        project_config=ProjectConfiguration(
+            project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")
+        ),
     )
     is_main = accelerator.is_main_process
+    if not is_main:  # one set of load and save progress bars, not one per process
+        hf_logging.disable_progress_bar()
     set_seed(config.seed)
 
     tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
+    inputs = [run_inputs(config, tokenizer.chat_template) if is_main else None]
+    broadcast_object_list(inputs)  # hashed once, checked on every process
+    inputs_path = run_dir / INPUTS
+    changed = []
+    # A run killed before its inputs were written has no checkpoint either: it starts afresh.
+    if config.resume is not None and inputs_path.is_file():
+        changed = changed_inputs(json.loads(inputs_path.read_text(encoding="utf-8")), inputs[0])
+        if changed and not config.force_resume:
+            msg = (
+                f"resume: inputs changed since {run_dir} began: {changed}; restore them, "
+                f"or set force_resume: true to continue with the new ones"
+            )
+            raise ConfigError(msg)
+        if changed:
+            logger.warning("resuming %s with changed inputs: %s", run_dir, changed)
+    elif is_main:
+        write_text(json.dumps(inputs[0], indent=2) + "\n", inputs_path)
+
     model = load_model(config.model, dtype=torch.float32)
     if config.lora is not None:
         model = _add_lora(model, config.lora)
     model.train()
     policy, collate = build_policy(
-        model, share_prompt=config.share_prompt, pad_token_id=tokenizer.pad_token_id
+        model,
+        share_prompt=config.share_prompt,
+        pad_token_id=tokenizer.pad_token_id,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
 
     with accelerator.main_process_first():
@@ -253,8 +339,8 @@ def train(config: TrainConfig) -> TrainResult:
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(
-        [group for group in groups if group["params"]], lr=config.learning_rate
+    optimizer = torch.optim.AdamW(  # fused: one kernel per step, as TRL's default optimizer
+        [group for group in groups if group["params"]], lr=config.learning_rate, fused=True
     )
     # Stepped by hand once per optimizer step, so its length is the step count on any world size.
     scheduler = get_scheduler(
@@ -263,8 +349,16 @@ def train(config: TrainConfig) -> TrainResult:
         num_warmup_steps=config.warmup_steps,
         num_training_steps=total_steps,
     )
+    if accelerator.state.deepspeed_plugin is not None:  # it reads this from a dataloader we lack
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            micro_batch
+        )
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    if "mlflow" in config.trackers and is_main:  # else MLflow writes mlflow.db in the cwd
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
     accelerator.init_trackers(
         config.name, config={k: str(v) for k, v in config.model_dump(mode="json").items()}
     )
@@ -272,6 +366,7 @@ def train(config: TrainConfig) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
     start_step = 0
+    resumed_from = None
     if config.resume is not None:
         restored = load_checkpoint(accelerator, checkpoints)
         if is_main:  # metrics as of the checkpoint; later lines would be duplicated
@@ -279,6 +374,13 @@ def train(config: TrainConfig) -> TrainResult:
             if restored is not None and (restored[0] / metrics_path.name).exists():
                 shutil.copy2(restored[0] / metrics_path.name, metrics_path)
         start_step = restored[1]["step"] if restored is not None else 0
+        resumed_from = {
+            "run_id": run_dir.name,
+            "path": str(run_dir),
+            "checkpoint": restored[0].name if restored is not None else None,
+            "step": start_step,
+            "inputs_changed": changed,
+        }
 
     def log(record: dict[str, Any]) -> None:
         if is_main:
@@ -389,8 +491,19 @@ def train(config: TrainConfig) -> TrainResult:
 
     final_dir = run_dir / "final"
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(policy)  # on every process: gathers sharded weights
     if is_main:
-        _save_final(accelerator.unwrap_model(policy).model, tokenizer, final_dir, config.lora)
+        _save_final(
+            accelerator.unwrap_model(policy).model,
+            tokenizer,
+            final_dir,
+            lora=config.lora,
+            state_dict=state_dict,
+        )
+    # Drop the DDP wrapper while the process group lives: freed after `end_training`, its reducer
+    # destroys the gloo group holding the GIL, which can deadlock torch's worker threads at exit.
+    policy, optimizer = accelerator.free_memory(policy, optimizer)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     evals = _read_evals(metrics_path)
     result = TrainResult(
@@ -403,20 +516,23 @@ def train(config: TrainConfig) -> TrainResult:
         seconds=time.monotonic() - started,
     )
     if is_main:
-        inputs = [config.train_pairs] + ([config.eval_pairs] if config.eval_pairs else [])
         write_manifest(
             run_dir,
             kind="train",
             config=config,
-            inputs=describe_inputs(inputs),
+            inputs=inputs[0]["files"],
             outputs=describe_inputs([final_dir]),
             extra={
                 "model": config.model,
                 "model_path": resolve_model(config.model),
+                "chat_template_sha256": inputs[0]["chat_template_sha256"],
+                "data_runs": inputs[0]["data_runs"],
+                "resumed_from": resumed_from,
                 "data": data_report,
                 "steps": total_steps,
                 "eval_before": result.eval_before,
                 "eval_after": result.eval_after,
             },
         )
+        write_report(run_dir)
     return result

@@ -71,7 +71,10 @@ def _segment(pair: TokenizedPair) -> tuple[list[int], list[int], list[int]]:
 def pack_pairs(
     pairs: Sequence[TokenizedPair], *, max_row_tokens: int | None, pad_token_id: int
 ) -> PackedBatch:
-    """Pack pairs into rows of at most `max_row_tokens` (one pair a row when None), first fit.
+    """Pack pairs into rows of at most `max_row_tokens` tokens, first-fit decreasing.
+
+    None makes rows as wide as the longest pair: short pairs share rows, so padding shrinks while
+    the per-row attention cost (width²) does not grow.
 
     >>> batch = pack_pairs([TokenizedPair([1, 5], [6, 2], [7, 2]), TokenizedPair([1], [8], [9])],
     ...                    max_row_tokens=None, pad_token_id=0)
@@ -83,25 +86,27 @@ def pack_pairs(
             [0, 1, 1, 0, 0, 0]])
     >>> batch.target.tolist(), batch.group.tolist()
     ([6, 2, 7, 2, 5, 8, 9], [0, 0, 2, 2, 4, 1, 3])
+    >>> short = [TokenizedPair([1], [8], [9]), TokenizedPair([1], [4], [3])]
+    >>> pack_pairs([*short, TokenizedPair([1, 5], [6, 2], [7, 2])],
+    ...            max_row_tokens=None, pad_token_id=0).input_ids
+    tensor([[1, 5, 6, 2, 7, 2],
+            [1, 8, 9, 1, 4, 3]])
     """
+    sizes = [pair.num_tokens for pair in pairs]
+    budget = max(sizes) if max_row_tokens is None else max_row_tokens
+    if max(sizes) > budget:
+        msg = f"a pair of {max(sizes)} tokens does not fit a row of {budget}"
+        raise ValueError(msg)
     rows: list[list[int]] = []  # pair indices per row
     lengths: list[int] = []
-    for index, pair in enumerate(pairs):
-        size = len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
-        if max_row_tokens is not None and size > max_row_tokens:
-            msg = f"a pair of {size} tokens does not fit a row of {max_row_tokens}"
-            raise ValueError(msg)
-        fits = [
-            i
-            for i, used in enumerate(lengths)
-            if max_row_tokens is not None and used + size <= max_row_tokens
-        ]
-        if fits:
-            rows[fits[0]].append(index)
-            lengths[fits[0]] += size
-        else:
+    for index in sorted(range(len(pairs)), key=lambda i: -sizes[i]):
+        row = next((r for r, used in enumerate(lengths) if used + sizes[index] <= budget), None)
+        if row is None:
             rows.append([index])
-            lengths.append(size)
+            lengths.append(sizes[index])
+        else:
+            rows[row].append(index)
+            lengths[row] += sizes[index]
     width = max(lengths)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)

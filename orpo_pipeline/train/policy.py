@@ -33,13 +33,19 @@ class PaddedPolicy(nn.Module):
 
 
 def build_policy(
-    model: nn.Module, *, share_prompt: bool, pad_token_id: int
+    model: nn.Module, *, share_prompt: bool, pad_token_id: int, gradient_checkpointing: bool = False
 ) -> tuple[nn.Module, Collate]:
     """The policy wrapping `model` and the collate function that feeds it.
 
     With `share_prompt`, each pair is one `[prompt | chosen | rejected]` row under a block mask and
     only scored positions reach the LM head (`packing.PackedPolicy`); otherwise TRL's layout.
+    With `gradient_checkpointing`, each decoder layer is recomputed in the backward pass.
     """
+    if gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and keyword arguments (the 4-D mask).
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     if not share_prompt:
         return PaddedPolicy(model), PreferenceCollator(pad_token_id)
     attention = model.config._attn_implementation
