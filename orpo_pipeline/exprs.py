@@ -64,10 +64,13 @@ def _nfkc_unstable() -> str:
 def _nfkc(texts: pl.Series) -> pl.Series:
     """NFKC, computed only for strings holding a character NFKC may change (see above).
 
-    Most text, ASCII or not, holds none, and is found so by one vectorised regex scan; CPython's
-    `unicodedata.normalize` then handles the rest (faster than `Expr.str.normalize`).
+    ASCII text is NFKC and composes with nothing, and is found so by comparing byte and character
+    lengths; the rest is scanned with one vectorised regex, and only strings it matches go
+    through CPython's `unicodedata.normalize` (faster than `Expr.str.normalize`).
     """
-    rows = texts.str.contains(_nfkc_unstable()).fill_null(value=False).arg_true()
+    non_ascii = (texts.str.len_bytes() != texts.str.len_chars()).fill_null(value=False).arg_true()
+    unstable = texts.gather(non_ascii).str.contains(_nfkc_unstable()).fill_null(value=False)
+    rows = non_ascii.filter(unstable)
     if rows.is_empty():
         return texts
     normal = [unicodedata.normalize("NFKC", text) for text in texts.gather(rows)]
