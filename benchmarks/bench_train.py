@@ -69,7 +69,7 @@ def useful_tokens(rows: list[dict]) -> int:
     pairs = tokenize_pairs(
         rows, load_tokenizer("default"), max_length=10**6, max_prompt_length=10**6
     ).pairs
-    return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return sum(pair.num_tokens for pair in pairs)
 
 
 def trl_batch_pairs(collated: dict) -> list:
@@ -91,20 +91,13 @@ def probe_loss_ours(model, pairs: list, pad_token_id: int) -> float:
     """Our training path's ORPO loss (prefix-shared, packed) on `pairs`, no gradient."""
     import torch
 
-    from orpo_pipeline.train.loss import orpo_loss
+    from orpo_pipeline.train.loss import batch_loss
     from orpo_pipeline.train.policy import build_policy
 
     policy, collate = build_policy(model, share_prompt=True, pad_token_id=pad_token_id)
     with torch.no_grad():
         logps = policy(collate(pairs), nll_on_prompt=True)
-        out = orpo_loss(
-            logps.chosen,
-            logps.rejected,
-            logps.nll_sum,
-            beta=0.1,
-            nll_tokens=logps.nll_tokens,
-            num_pairs=len(pairs),
-        )
+        out = batch_loss(logps, beta=0.1)
     return float(out.loss)
 
 

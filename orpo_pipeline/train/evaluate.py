@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from orpo_pipeline.train.data import TokenizedPair
-from orpo_pipeline.train.loss import SUMS, metric_sums, metrics_from_sums, orpo_loss
+from orpo_pipeline.train.loss import SUMS, batch_loss, metric_sums, metrics_from_sums
 from orpo_pipeline.train.policy import Collate
 
 if TYPE_CHECKING:
@@ -35,19 +35,12 @@ def evaluate(
     sums = torch.zeros(len(SUMS), device=accelerator.device)
     shard = sorted(  # similar lengths share a batch: less padding, same sums
         pairs[accelerator.process_index :: accelerator.num_processes],
-        key=lambda p: len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids),
+        key=lambda pair: pair.num_tokens,
     )
     for start in range(0, len(shard), batch_size):
         batch = collate(shard[start : start + batch_size]).to(accelerator.device)
         logps = policy(batch, nll_on_prompt=nll_on_prompt)
-        out = orpo_loss(
-            logps.chosen,
-            logps.rejected,
-            logps.nll_sum,
-            beta=beta,
-            nll_tokens=logps.nll_tokens,
-            num_pairs=batch.num_pairs,
-        )
+        out = batch_loss(logps, beta=beta)
         sums += metric_sums(logps, out)
     policy.train()
     return metrics_from_sums(accelerator.reduce(sums).tolist(), beta=beta, prefix="eval_")

@@ -130,6 +130,18 @@ SUMS = (
 """Order of the entries of `metric_sums`."""
 
 
+def batch_loss(logps: PairLogps, *, beta: float) -> OrpoLossOutput:
+    """TRL's loss of one batch alone: the NLL over its tokens, the odds ratio over its pairs."""
+    return orpo_loss(
+        logps.chosen,
+        logps.rejected,
+        logps.nll_sum,
+        beta=beta,
+        nll_tokens=logps.nll_tokens,
+        num_pairs=logps.chosen.shape[0],
+    )
+
+
 def metric_sums(logps: PairLogps, out: OrpoLossOutput) -> torch.Tensor:
     """Additive statistics of one batch, shape (len(SUMS),); summed over batches and ranks."""
     wins = (out.chosen_rewards > out.rejected_rewards).float()

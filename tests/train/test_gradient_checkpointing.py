@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from orpo_pipeline.train.config import LoraConfig
 from orpo_pipeline.train.data import tokenize_pairs
 from orpo_pipeline.train.loop import _add_lora, train
-from orpo_pipeline.train.loss import orpo_loss
+from orpo_pipeline.train.loss import batch_loss
 from orpo_pipeline.train.policy import build_policy
 from tests.train.conftest import make_pairs
 from tests.train.test_loop import train_lines
@@ -41,14 +41,7 @@ def loss_grads_and_saved_bytes(tiny_dir, *, share_prompt, lora, checkpointing):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         logps = policy(collate(pairs), nll_on_prompt=True)
-        out = orpo_loss(
-            logps.chosen,
-            logps.rejected,
-            logps.nll_sum,
-            beta=0.1,
-            nll_tokens=logps.nll_tokens,
-            num_pairs=len(pairs),
-        )
+        out = batch_loss(logps, beta=0.1)
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     return out.loss.item(), grads, sum(saved)

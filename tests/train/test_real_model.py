@@ -13,7 +13,7 @@ from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
 from orpo_pipeline.train.config import TrainConfig
 from orpo_pipeline.train.data import read_pairs, tokenize_pairs
 from orpo_pipeline.train.loop import train
-from orpo_pipeline.train.loss import metric_sums, metrics_from_sums, orpo_loss
+from orpo_pipeline.train.loss import batch_loss, metric_sums, metrics_from_sums
 from orpo_pipeline.train.policy import build_policy
 from tests.conftest import REPO
 from tests.train.test_loop import read_metrics
@@ -94,14 +94,7 @@ def test_loss_and_metrics_equal_trl_on_a_real_batch(default_checkpoint, hh_pairs
         )
         with torch.no_grad():
             logps = policy(collate(pairs), nll_on_prompt=True)
-            out = orpo_loss(
-                logps.chosen,
-                logps.rejected,
-                logps.nll_sum,
-                beta=0.1,
-                nll_tokens=logps.nll_tokens,
-                num_pairs=len(pairs),
-            )
+            out = batch_loss(logps, beta=0.1)
         ours = metrics_from_sums(metric_sums(logps, out).tolist(), beta=0.1)
         assert ours["loss"] == pytest.approx(trl_loss.item(), rel=1e-5), share_prompt
         for name in METRICS:

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orpo_pipeline.train.data import tokenize_pairs
-from orpo_pipeline.train.loss import metric_sums, metrics_from_sums, orpo_loss
+from orpo_pipeline.train.loss import batch_loss, metric_sums, metrics_from_sums
 from orpo_pipeline.train.policy import build_policy
 from tests.train.conftest import CHAT_TEMPLATE, make_pairs
 
@@ -69,14 +69,7 @@ def test_loss_and_every_metric_equal_trl(tiny_dir, tmp_path):
         )
         with torch.no_grad():
             logps = policy(collate(tokenized.pairs), nll_on_prompt=True)
-            out = orpo_loss(
-                logps.chosen,
-                logps.rejected,
-                logps.nll_sum,
-                beta=0.1,
-                nll_tokens=logps.nll_tokens,
-                num_pairs=len(tokenized.pairs),
-            )
+            out = batch_loss(logps, beta=0.1)
         ours = metrics_from_sums(metric_sums(logps, out).tolist(), beta=0.1)
         assert out.loss.item() == pytest.approx(trl_loss.item(), rel=1e-5)
         assert ours["loss"] == pytest.approx(trl_loss.item(), rel=1e-5)
