@@ -334,6 +334,10 @@ def test_a_data_run_writes_its_data_card_and_report_regenerates_it(recipe):
     text = card.read_text()
     assert f"| pairs out | {sum(report.outputs.values())} |" in text
     assert "duplicate" in text
+    rejected = sum(sum(stage.rejected.values()) for stage in report.stages)
+    assert report.stages[0].rejected  # convert's rejects count for their source too
+    kept = sum(report.outputs.values())
+    assert f"| hh.jsonl.gz | {kept} | 100.0 % | {rejected} |" in text
     card.unlink()
     assert write_report(report.output_dir) == [
         report.output_dir / n for n in ("datacard.html", "datacard.md")

@@ -202,6 +202,7 @@ REJECTS_SCHEMA = pl.Schema(
     {
         "file": pl.String,
         "line": pl.Int64,
+        "source": pl.String,
         "reason": pl.String,
         "detail": pl.String,
         "raw": pl.String,
@@ -230,18 +231,22 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
         for row in read_rows(path):
             collector.rows_in += 1
             if isinstance(row, BadRow):
-                collector.reject(str(path), row.line, row.reason, row.detail, row.raw)
+                collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
                 continue
             try:
                 records = fmt.parse(row.value, options)
             except RowError as error:
-                collector.reject(str(path), row.line, error.reason, error.detail, row.raw_text())
+                collector.reject(
+                    str(path), row.line, source, error.reason, error.detail, row.raw_text()
+                )
                 continue
             except ValidationError as error:  # a record model's own rule, e.g. an empty prompt
                 detail = "; ".join(
                     f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
                 )
-                collector.reject(str(path), row.line, "invalid_record", detail, row.raw_text())
+                collector.reject(
+                    str(path), row.line, source, "invalid_record", detail, row.raw_text()
+                )
                 continue
             if kind in ROW_PAIRERS:
                 collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
@@ -250,7 +255,9 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     if pending:
         for item, outcome in GROUP_PAIRERS[kind](pending, options):
             if isinstance(outcome, RowError):
-                collector.reject(item.file, item.line, outcome.reason, outcome.detail, item.raw)
+                collector.reject(
+                    item.file, item.line, item.source, outcome.reason, outcome.detail, item.raw
+                )
             else:
                 collector.add_pairs(item.file, item.line, item.source, outcome)
     return ConversionResult(
@@ -293,13 +300,13 @@ class _Collector:
     def __init__(self) -> None:
         self.rows_in = 0
         self.rows_converted = 0
-        self.rejects: list[tuple[str, int, str, str, str]] = []
+        self.rejects: list[tuple[str, int, str, str, str, str]] = []
         self.pairs_dropped: Counter[str] = Counter()
         self._columns: dict[str, list[Any]] = {name: [] for name in _OUTPUT_SCHEMA}
         self._frames: list[pl.DataFrame] = []
 
-    def reject(self, file: str, line: int, reason: str, detail: str, raw: str) -> None:
-        self.rejects.append((file, line, reason, detail, raw))
+    def reject(self, file: str, line: int, source: str, reason: str, detail: str, raw: str) -> None:
+        self.rejects.append((file, line, source, reason, detail, raw))
 
     def add_row(
         self,
@@ -327,7 +334,7 @@ class _Collector:
                     errors.append(error)
         if not good:
             error = errors[0]
-            self.reject(file, row.line, error.reason, error.detail, row.raw_text())
+            self.reject(file, row.line, source, error.reason, error.detail, row.raw_text())
             return
         self.pairs_dropped.update(error.reason for error in errors)
         self.add_pairs(file, row.line, source, good)

@@ -10,7 +10,13 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from orpo_pipeline.errors import ConfigError
-from orpo_pipeline.exprs import answer_text, any_blank_message, contents, messages_text, normalized
+from orpo_pipeline.exprs import (
+    answer_text,
+    any_blank_message,
+    contents,
+    messages_text_chars,
+    normalized,
+)
 from orpo_pipeline.stages.base import StageConfig, tag_rejects
 from orpo_pipeline.stages.shingles import utf8_buffers
 
@@ -206,6 +212,22 @@ def _language_score(language: str) -> Callable[[pl.Series], pl.Series]:
     return score
 
 
+def _refusal_regex(phrases: tuple[str, ...]) -> str:
+    """A regex matching any phrase, ASCII case-insensitive, with ' and ’ interchangeable.
+
+    Seven times faster than `str.contains_any` here: the regex engine searches with SIMD.
+
+    >>> texts = pl.Series(["Sorry, I CAN’T.", "see a.b", "see axb"])
+    >>> texts.str.contains(_refusal_regex(("i can't", "a.b"))).to_list()
+    [True, True, False]
+    """
+    alternatives = []
+    for phrase in phrases:
+        parts = phrase.lower().replace("’", "'").split("'")
+        alternatives.append("(?:'|’)".join(re.escape(part) for part in parts))
+    return "(?i-u)(?:" + "|".join(alternatives) + ")"
+
+
 def filter_rows(lf: pl.LazyFrame, config: FilterConfig) -> pl.LazyFrame:
     """Tag the first failing rule of each row in `_reason`."""
     chosen, rejected = answer_text("chosen"), answer_text("rejected")
@@ -230,9 +252,7 @@ def filter_rows(lf: pl.LazyFrame, config: FilterConfig) -> pl.LazyFrame:
             config.max_response_chars
         )
     if config.max_prompt_chars is not None:
-        rules["prompt_too_long"] = (
-            messages_text("prompt").str.len_chars() <= config.max_prompt_chars
-        )
+        rules["prompt_too_long"] = messages_text_chars("prompt") <= config.max_prompt_chars
     if config.min_score_margin is not None:
         margin = pl.col("score_chosen") - pl.col("score_rejected")
         rules["score_margin_below_min"] = margin >= config.min_score_margin
@@ -258,13 +278,7 @@ def filter_rows(lf: pl.LazyFrame, config: FilterConfig) -> pl.LazyFrame:
     if config.max_length_ratio is not None:
         rules["length_ratio_above_max"] = ratio <= config.max_length_ratio
     if config.drop_refusals is not None:
-        phrases = [phrase.lower().replace("’", "'") for phrase in config.refusal_phrases]
-        refuses = [
-            a.str.replace_all("’", "'", literal=True).str.contains_any(
-                phrases, ascii_case_insensitive=True
-            )
-            for a in answers
-        ]
+        refuses = [a.str.contains(_refusal_regex(config.refusal_phrases)) for a in answers]
         if config.drop_refusals == "chosen":
             rules["chosen_is_refusal"] = ~refuses[0]
         else:

@@ -91,6 +91,11 @@ def test_refusals_in_the_chosen_answer_or_in_both():
         None,
         None,
     ]
+    special = make_pair("q", "Costs $5 (or more)? Yes.", "b")
+    assert reasons([special], drop_refusals="chosen", refusal_phrases=("$5 (OR MORE)?",)) == [
+        "chosen_is_refusal"
+    ]
+    assert reasons([special], drop_refusals="chosen", refusal_phrases=("$5 (or more)!",)) == [None]
 
 
 @pytest.mark.parametrize(
@@ -144,8 +149,11 @@ def test_language():
     assert reasons(rows, language="fr") == ["wrong_language", "wrong_language"]
 
 
+TRICKY_TEXT = st.sampled_from(list("aZ é\u00a0\t\n\r\x0b\x85\u2028\u2003\x1cﬁＡ①."))
+
+
 @settings(max_examples=100, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("aZ é\u00a0\t\n\u2003ﬁＡ①.")), max_size=30))
+@given(st.text(alphabet=TRICKY_TEXT, max_size=30))
 def test_normalized_fast_path_equals_the_plain_definition(text):
     frame = pl.DataFrame({"t": [text, "plain ascii  text"]})
     fast = frame.select(normalized(pl.col("t"))).to_series()
