@@ -5,8 +5,9 @@ recipe's train split) with the same batch size, learning rate and `max_length`, 
 in the same order (TRL reads our loop's shuffle sequentially), so step k is the same batch on both.
 Only pairs that fit `max_length` untruncated are used (TRL cannot truncate a prompt and returns
 NaN for an overlong one). TRL runs with `bf16=False` and otherwise its defaults, once with its
-default gradient checkpointing (its least memory) and once without (its speed); ours runs without
-(and, with `--impls ours_gc`, with). Each run is a fresh subprocess (so peak RSS is its own); runs
+default gradient checkpointing (its least memory) and once without (its speed); ours runs without,
+with (`ours_gc`), and with it and `return_freed_memory` (`ours_lowmem`). Each run is a fresh
+subprocess that reads the chosen pairs from a file (so peak RSS is its trainer's own); runs
 alternate between the implementations and repeat; medians are reported, and the first step of
 each run (one-off warm-up) is not timed.
 
@@ -180,7 +181,12 @@ def worker_trl(
 
 
 def worker_ours(
-    rows: list[dict], max_length: int, steps: int, *, gradient_checkpointing: bool
+    rows: list[dict],
+    max_length: int,
+    steps: int,
+    *,
+    gradient_checkpointing: bool,
+    return_freed_memory: bool = False,
 ) -> dict:
     """Train with our loop for `steps` steps (no eval, no checkpoints); time each step."""
     import polars as pl
@@ -210,6 +216,7 @@ def worker_ours(
             seed=SEED,
             num_sample_generations=0,
             gradient_checkpointing=gradient_checkpointing,
+            return_freed_memory=return_freed_memory,
         )
         result = train(config)
         metrics = [
@@ -240,8 +247,9 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def run_worker(impl: str, max_length: int, steps: int, count: int) -> dict:
-    """One fresh process: train, then report step times, probe losses and peak RSS."""
+def run_worker(impl: str, max_length: int, steps: int, rows_file: Path) -> dict:
+    """One fresh process: train on the pairs in `rows_file`, then report step times, probe losses
+    and peak RSS. The pairs are chosen here, so the worker's peak is its trainer's alone."""
     command = [
         sys.executable,
         "-m",
@@ -252,8 +260,8 @@ def run_worker(impl: str, max_length: int, steps: int, count: int) -> dict:
         str(max_length),
         "--steps",
         str(steps),
-        "--pairs",
-        str(count),
+        "--rows",
+        str(rows_file),
     ]
     done = subprocess.run(
         command,
@@ -273,8 +281,10 @@ WORKERS = {
     "trl_no_gc": partial(worker_trl, gradient_checkpointing=False),
     "ours": partial(worker_ours, gradient_checkpointing=False),
     "ours_gc": partial(worker_ours, gradient_checkpointing=True),
+    "ours_lowmem": partial(worker_ours, gradient_checkpointing=True, return_freed_memory=True),
 }
-"""Each side with gradient checkpointing (TRL's default: least memory) and without (speed)."""
+"""Each side with gradient checkpointing (TRL's default: least memory) and without (speed); ours
+also with `return_freed_memory` (its least memory)."""
 
 
 def summarize(
@@ -320,19 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=sorted(WORKERS))
-    parser.add_argument(
-        "--impls", nargs="*", choices=sorted(WORKERS), default=["trl", "trl_no_gc", "ours"]
-    )
+    parser.add_argument("--impls", nargs="*", choices=sorted(WORKERS), default=sorted(WORKERS))
     parser.add_argument("--max-length", type=int, nargs="*", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--rows", type=Path, default=None, help="worker: JSON list of pairs")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
 
     if args.worker:
         (max_length,) = args.max_length
-        rows = bench_pairs(max_length, args.pairs)
+        rows = json.loads(args.rows.read_text(encoding="utf-8"))
         result = WORKERS[args.worker](rows, max_length, args.steps)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
@@ -356,12 +364,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     peaks = []
     for max_length in lengths:
-        tokens = useful_tokens(bench_pairs(max_length, count)) / count
+        rows = bench_pairs(max_length, count)
+        tokens = useful_tokens(rows) / count
+        rows_file = OUTPUT.parent / f"pairs-{max_length}.json"
+        rows_file.parent.mkdir(parents=True, exist_ok=True)
+        rows_file.write_text(json.dumps(rows), encoding="utf-8")
         runs: dict[str, list[dict]] = {impl: [] for impl in args.impls}
         for _ in range(reps):  # alternate implementations, so load drifts hit all alike
             peaks.append(matmul_peak_flops())
             for impl in args.impls:
-                runs[impl].append(run_worker(impl, max_length, steps, count))
+                runs[impl].append(run_worker(impl, max_length, steps, rows_file))
         peak = statistics.median(peaks)
         results["lengths"][str(max_length)] = summarize(runs, tokens, 6 * parameters, peak)
         results["matmul_peak_gflops"] = peak / 1e9

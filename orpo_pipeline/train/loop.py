@@ -43,6 +43,7 @@ from orpo_pipeline.train.config import LoraConfig, TrainConfig
 from orpo_pipeline.train.data import TokenizedPairs, read_pairs, tokenize_pairs
 from orpo_pipeline.train.evaluate import evaluate, generate_samples
 from orpo_pipeline.train.loss import SUMS, metric_sums, metrics_from_sums, orpo_loss
+from orpo_pipeline.train.memory import return_freed_memory
 from orpo_pipeline.train.policy import build_policy
 from orpo_pipeline.train.report import SUMMARY_METRICS, write_report
 
@@ -268,6 +269,8 @@ def train(config: TrainConfig) -> TrainResult:
     """
     started = time.monotonic()
     check_trackers(config.trackers)
+    if config.return_freed_memory:
+        return_freed_memory()
     # Set up as the Accelerator below will be: `ACCELERATE_USE_CPU` makes a CPU launch distributed.
     run_dir = _open_run_dir(config, PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")))
     accelerator = Accelerator(

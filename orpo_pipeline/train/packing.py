@@ -166,7 +166,7 @@ class PackedPolicy(nn.Module):
     the path: Accelerate prepares this module, and its forward runs the decoder and the LM head.
     """
 
-    def __init__(self, model: nn.Module, *, chunk_tokens: int = 1024) -> None:
+    def __init__(self, model: nn.Module, *, chunk_tokens: int = 256) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
