@@ -12,10 +12,10 @@ from types import ModuleType
 from typing import NamedTuple
 
 import polars as pl
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from orpo_pipeline.errors import OrpoPipelineError
+from orpo_pipeline.io import ParquetAppender
 
 COMPLETE = "COMPLETE"
 PACKAGE = "orpo_pipeline"
@@ -134,22 +134,16 @@ class StageCache:
 
 def _write_shards(shards: Iterable[Shard], kept_path: Path, rejected_path: Path) -> int:
     """Append each shard's frames to two Parquet files; return the sum of rows in."""
-    writers: list[pq.ParquetWriter] = []
+    kept_file, rejected_file = ParquetAppender(kept_path), ParquetAppender(rejected_path)
     rows_in = 0
     try:
         for kept, rejected, shard_rows_in in shards:
-            tables = [kept.to_arrow(), rejected.to_arrow()]
-            if not writers:
-                writers = [
-                    pq.ParquetWriter(path, table.schema, compression="zstd")
-                    for path, table in zip((kept_path, rejected_path), tables, strict=True)
-                ]
-            for writer, table in zip(writers, tables, strict=True):
-                writer.write_table(table.cast(writer.schema))
+            kept_file.write(kept)
+            rejected_file.write(rejected)
             rows_in += shard_rows_in
     finally:
-        for writer in writers:
-            writer.close()
+        kept_file.close()
+        rejected_file.close()
     return rows_in
 
 

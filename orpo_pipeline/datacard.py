@@ -5,7 +5,7 @@ The HTML is one self-contained file (inline CSS and SVG, no scripts, nothing fet
 
 import html
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ import polars as pl
 
 from orpo_pipeline.exprs import contents
 from orpo_pipeline.io import write_text
+from orpo_pipeline.stages.filter import token_counter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -132,19 +133,6 @@ def _summary(values: np.ndarray) -> dict[str, str]:
     }
 
 
-def _token_counts(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Series], pl.Series]:
-    def count(texts: pl.Series) -> pl.Series:
-        lengths = tokenizer(
-            texts.fill_null("").to_list(),
-            add_special_tokens=False,
-            return_length=True,
-            return_attention_mask=False,
-        )["length"]
-        return pl.Series(texts.name, lengths, dtype=pl.Int64)
-
-    return count
-
-
 def _stats(pairs: pl.LazyFrame, tokenizer: "PreTrainedTokenizerBase | None") -> pl.DataFrame:
     """One small row per pair: character (and token) lengths, score margin and source.
 
@@ -154,11 +142,8 @@ def _stats(pairs: pl.LazyFrame, tokenizer: "PreTrainedTokenizerBase | None") -> 
     texts = {c: contents(c) for c in ("prompt", "chosen", "rejected")}
     columns = [text.str.len_chars().cast(pl.Int64).alias(f"chars_{c}") for c, text in texts.items()]
     if tokenizer is not None:
-        count = _token_counts(tokenizer)
-        columns += [
-            text.map_batches(count, return_dtype=pl.Int64, is_elementwise=True).alias(f"tokens_{c}")
-            for c, text in texts.items()
-        ]
+        tokens = token_counter(tokenizer)
+        columns += [tokens(text).cast(pl.Int64).alias(f"tokens_{c}") for c, text in texts.items()]
     if {"score_chosen", "score_rejected"} <= set(schema):
         columns.append((pl.col("score_chosen") - pl.col("score_rejected")).alias("margin"))
     else:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from orpo_pipeline.errors import OrpoPipelineError
 
@@ -46,6 +47,27 @@ def write_frame(frame: pl.DataFrame, path: Path) -> None:
             frame.write_parquet(temp)
         else:
             frame.write_ndjson(temp)
+
+
+class ParquetAppender:
+    """Appends frames to one Parquet file, each as row groups (zstd); the first frame's schema
+    is the file's and later frames are cast to it. Writes nothing until the first frame."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append `frame`."""
+        table = frame.to_arrow()
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table.cast(self._writer.schema))
+
+    def close(self) -> None:
+        """Finish the file (its footer)."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 @contextlib.contextmanager

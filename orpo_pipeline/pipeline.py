@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
-import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +29,7 @@ from orpo_pipeline.datacard import write_data_card
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.convert import ROW_PAIRERS
-from orpo_pipeline.io import atomic_path, polars_io_errors, write_text
+from orpo_pipeline.io import ParquetAppender, atomic_path, polars_io_errors, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
@@ -163,14 +162,13 @@ def _write_frames(frames: Iterable[pl.DataFrame], path: Path) -> int:
     rows = 0
     with atomic_path(path) as temp, polars_io_errors(path):
         if path.suffix == ".parquet":
-            writer = None
-            for frame in frames:
-                table = frame.to_arrow()
-                writer = writer or pq.ParquetWriter(temp, table.schema, compression="zstd")
-                writer.write_table(table.cast(writer.schema))
-                rows += frame.height
-            if writer is not None:
-                writer.close()
+            appender = ParquetAppender(temp)
+            try:
+                for frame in frames:
+                    appender.write(frame)
+                    rows += frame.height
+            finally:
+                appender.close()
         else:
             with temp.open("wb") as handle:
                 for frame in frames:

@@ -167,7 +167,9 @@ def counting_tokenizer(name: str) -> "PreTrainedTokenizerBase":
         raise ConfigError(msg) from error
 
 
-def _token_counter(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Expr], pl.Expr]:
+def token_counter(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Expr], pl.Expr]:
+    """Text expression -> its token count (UInt32): message text only, no special tokens."""
+
     def count(texts: pl.Series) -> pl.Series:
         encoded = tokenizer(
             texts.fill_null("").to_list(),
@@ -257,7 +259,7 @@ def filter_rows(lf: pl.LazyFrame, config: FilterConfig) -> pl.LazyFrame:
         margin = pl.col("score_chosen") - pl.col("score_rejected")
         rules["score_margin_below_min"] = margin >= config.min_score_margin
     if config.tokenizer is not None:
-        tokens = _token_counter(counting_tokenizer(config.tokenizer))
+        tokens = token_counter(counting_tokenizer(config.tokenizer))
         prompt_tokens = tokens(contents("prompt"))
         chosen_tokens, rejected_tokens = tokens(chosen), tokens(rejected)
         if config.max_length is not None:
