@@ -257,7 +257,7 @@ def generate(
     Example:
       orpo-pipeline generate runs/train/default-20261124-120000-1a2b3c4d/final "Hi!"
     """
-    from orpo_pipeline.generation import generate_replies
+    from orpo_pipeline.formats.generate import Sampling, generate_replies
     from orpo_pipeline.models import load_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
@@ -265,9 +265,8 @@ def generate(
     turns = [prompt] if prompt is not None else iter(lambda: click.prompt("you", default=""), "")
     for turn in turns:
         history.append({"role": "user", "content": turn})
-        (reply,) = generate_replies(
-            model, tokenizer, [history], max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+        (reply,) = generate_replies(model, tokenizer, [history], sampling)
         history.append({"role": "assistant", "content": reply})
         click.echo(reply if prompt is not None else f"model: {reply}")
 
