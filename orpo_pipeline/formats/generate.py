@@ -120,9 +120,8 @@ def decode_steps(
                 tokens = logits.argmax(-1)
             else:
                 probs = warpers(input_ids, logits).softmax(-1)
-                tokens = torch.cat(
-                    [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)]
-                )
+                pairs = zip(probs, generators, strict=True)
+                tokens = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in pairs])
             tokens = torch.where(finished, pad, tokens)
             yield Step(tokens, logits.log_softmax(-1), finished | torch.isin(tokens, eos))
             finished |= torch.isin(tokens, eos)
@@ -354,4 +353,3 @@ def generate_replies(
     ids = [chat_ids(tokenizer, conversation) for conversation in conversations]
     seeds = [job_seed(sampling.seed, prompt_key(c), 0) for c in conversations]
     return [s.text for s in decode(model, tokenizer, ids, sampling, seeds)]
-

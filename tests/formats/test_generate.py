@@ -167,7 +167,10 @@ def test_sampling_is_seeded_per_row_not_per_batch(tiny_model_dir):
     sampling = Sampling(max_new_tokens=10, temperature=1.5, top_p=0.95, seed=3)
     together = decode(model, tokenizer, ids, sampling, seeds=[11, 12, 13])
     torch.manual_seed(999)  # the global RNG plays no part
-    alone = [decode(model, tokenizer, [i], sampling, seeds=[s])[0] for i, s in zip(ids, [11, 12, 13])]
+    alone = [
+        decode(model, tokenizer, [i], sampling, seeds=[s])[0]
+        for i, s in zip(ids, [11, 12, 13], strict=True)
+    ]
     assert together == alone
     reseeded = decode(model, tokenizer, ids, sampling, seeds=[21, 22, 23])
     assert reseeded != together
