@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from orpo_pipeline.evaluation.config import EvalConfig
 from orpo_pipeline.formats import ConvertOptions, FieldMapping
 from orpo_pipeline.io import write_text
 from orpo_pipeline.pipeline import PipelineSpec
@@ -21,6 +22,7 @@ def schema_models() -> dict[str, type[BaseModel]]:
     models["field_mapping.schema.json"] = FieldMapping
     models["pipeline.schema.json"] = PipelineSpec
     models["train_config.schema.json"] = TrainConfig
+    models["eval_config.schema.json"] = EvalConfig
     return models
 
 
