@@ -126,3 +126,26 @@ def test_kill_9_during_sampling_resumes_from_the_cache_with_identical_pairs(
         scores = frame["judgment"].struct.field("scores")
         assert scores.equals(theirs[name]["judgment"].struct.field("scores"))
     assert ours["train.parquet"].height > 0
+
+
+def test_label_command_samples_judges_and_binarizes(tiny_lm, tiny_rm, tmp_path):
+    from click.testing import CliRunner
+
+    from orpo_pipeline.cli import cli
+
+    inputs = write_pairs(tmp_path / "pairs.jsonl", 6)
+    args = ["label", str(inputs), "-o", str(tmp_path / "out"), "--model", str(tiny_lm)]
+    args += ["--judge", "reward_model", "--judge-model", str(tiny_rm), "--num-samples", "2"]
+    args += ["--max-new-tokens", "40", "--keep-given"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["convert", "sample", "judge", "binarize"]
+    binarized = report["stages"][-1]
+    assert binarized["rows_out"] + sum(binarized["rejected"].values()) == 6
+    assert binarized["rows_out"] >= 1  # the given answers always end, so they can be judged
+    pairs = pl.read_parquet(tmp_path / "out" / "pairs.parquet")
+    assert (
+        pairs["judgment"].struct.field("finish_reasons").list.first().to_list()
+        == ["given"] * pairs.height
+    )
