@@ -12,7 +12,10 @@ and judging numbers are measured there too (and vLLM's when installed). Writes
 `runs/bench/rlaif.json` and prints a Markdown table.
 
     python -m benchmarks.bench_rlaif                 # 16 prompts x 4 samples, 200 HH pairs
-    python -m benchmarks.bench_rlaif --quick         # 8 prompts, 40 HH pairs
+    python -m benchmarks.bench_rlaif --quick         # 8 prompts x 2, 40 HH pairs
+
+Prompts and pairs are drawn (seeded) among conversations of at most 400 characters, like the
+recipe's filter.
 """
 
 import argparse
@@ -35,13 +38,19 @@ from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
 OUTPUT = Path("runs/bench/rlaif.json")
 HH = Path("data/hh-rlhf-harmless-base/test.jsonl.gz")
 JUDGE_PROMPT = Path("pipelines/judge_prompt.txt")
+MAX_PROMPT_CHARS = 400
 SAMPLING = Sampling(max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0)
 
 
 def hh_pairs(count: int, seed: int = 0) -> list[tuple[list[dict], str, str]]:
-    """A seeded sample of (prompt, chosen, rejected) from the real HH-RLHF file."""
+    """A seeded sample of (prompt, chosen, rejected) from the real HH-RLHF file, among pairs
+    whose conversation is at most MAX_PROMPT_CHARS long (as in pipelines/rlaif.yaml)."""
     pairs = convert_files([HH], ConvertOptions(format="hh_rlhf")).pairs.sort("id")
-    rows = list(pairs.iter_rows(named=True))
+    rows = [
+        r
+        for r in pairs.iter_rows(named=True)
+        if sum(len(m["content"]) for m in r["prompt"]) <= MAX_PROMPT_CHARS
+    ]
     picked = random.Random(seed).sample(rows, min(count, len(rows)))
     return [(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in picked]
 
