@@ -8,7 +8,7 @@ the two orders disagree the comparison is a tie and keeps the reason.
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
@@ -146,6 +146,16 @@ def _left_padded(
     return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _batches(order: list[int], size: int, description: str) -> Iterator[list[int]]:
+    """Consecutive slices of `order`, with a progress bar (rate and time left) over items."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(order), desc=description, unit="seq") as bar:
+        for start in range(0, len(order), size):
+            yield order[start : start + size]
+            bar.update(min(size, len(order) - start))
+
+
 class LocalLabels:
     """Label log-probabilities from a local chat model, in length-sorted batches."""
 
@@ -176,8 +186,7 @@ class LocalLabels:
         ids = [chat_ids(self.tokenizer, chat) for chat in chats]
         order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
         out: list[tuple[float, float]] = [(0.0, 0.0)] * len(ids)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in _batches(order, self.batch_size, f"judging {len(ids)} prompts"):
             input_ids, mask, positions = _left_padded(self.tokenizer, [ids[k] for k in batch])
             with torch.inference_mode():
                 logits = self.model(
@@ -227,8 +236,11 @@ class EndpointLabels:
 
     def __call__(self, chats: list[list[MessageDict]]) -> list[tuple[float, float]]:
         """(log P('A'), log P('B')) of each chat, `concurrency` requests at a time."""
+        from tqdm.auto import tqdm
+
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(self._ask, chats))
+            answers = pool.map(self._ask, chats)
+            return list(tqdm(answers, total=len(chats), desc=f"judging {len(chats)} prompts"))
 
 
 def endpoint_api_key(variable: str) -> str | None:
@@ -284,8 +296,7 @@ class RewardModel:
         ids = [_conversation_ids(self.tokenizer, p, r)[0] for p, r in items]
         scores = [0.0] * len(ids)
         order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in _batches(order, self.batch_size, f"scoring {len(ids)} responses"):
             input_ids, mask, positions = _left_padded(self.tokenizer, [ids[k] for k in batch])
             with torch.inference_mode():
                 logits = self.model(
@@ -309,8 +320,7 @@ def response_logps(
     encoded = [_conversation_ids(tokenizer, p, r) for p, r in items]
     out = [0.0] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda k: -len(encoded[k][0]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in _batches(order, batch_size, f"scoring {len(encoded)} responses"):
         rows = [encoded[k][0] for k in batch]
         input_ids, mask, positions = _left_padded(tokenizer, rows)
         with torch.inference_mode():

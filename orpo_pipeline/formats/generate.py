@@ -239,7 +239,7 @@ def sample_responses(
     by_key = dict(zip(keys, prompts, strict=True))
     missing = [(k, i) for k in by_key for i in range(num_samples) if (k, i) not in done]
     if missing:
-        use_vllm = engine == "vllm" or (engine == "auto" and _vllm_usable())
+        use_vllm = engine == "vllm" or (engine == "auto" and vllm_usable())
         run = _generate_vllm if use_vllm else _generate_transformers
         for jobs, samples in run(model_path, by_key, missing, sampling, batch_size):
             cache.store(jobs, samples)
@@ -247,7 +247,7 @@ def sample_responses(
     return [[done[key, index] for index in range(num_samples)] for key in keys]
 
 
-def _vllm_usable() -> bool:
+def vllm_usable() -> bool:
     import importlib.util
 
     import torch

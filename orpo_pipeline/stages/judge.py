@@ -65,6 +65,9 @@ class JudgeConfig(StageConfig):
     """llm_judge with `endpoint`: the model name the endpoint serves (default: `model`)."""
     api_key_env: str = "OPENAI_API_KEY"
     """llm_judge with `endpoint`: environment variable holding the API key, if any."""
+    judge_truncated: bool = False
+    """Also judge responses cut at the sampling limit (by default they get no score and so
+    never enter a pair)."""
     batch_size: int = Field(default=8, gt=0)
     """Sequences scored together (in-process), or requests in flight (endpoint)."""
 
@@ -92,25 +95,27 @@ class JudgeConfig(StageConfig):
 def _pairwise(frame: pl.DataFrame, config: JudgeConfig, ask: judges.LabelLogprobs) -> list[Any]:
     template = config.prompt_file.read_text(encoding="utf-8")
     items = [
-        (prompt, [r["text"] if usable(r) else None for r in responses])
+        (
+            prompt,
+            [r["text"] if usable(r, truncated=config.judge_truncated) else None for r in responses],
+        )
         for prompt, responses in zip(frame["prompt"], frame[RESPONSES], strict=True)
     ]
     return judges.compare(template, [(p.to_list(), r) for p, r in items], ask)
 
 
-def _scored(frame: pl.DataFrame, score: judges.Scorer) -> list[Any]:
+def _scored(frame: pl.DataFrame, config: JudgeConfig, score: judges.Scorer) -> list[Any]:
+    def judged(response: dict[str, Any]) -> bool:
+        return usable(response, truncated=config.judge_truncated)
+
     wanted = [
-        (prompt.to_list(), i, r["text"])
+        (prompt.to_list(), r["text"])
         for prompt, responses in zip(frame["prompt"], frame[RESPONSES], strict=True)
-        for i, r in enumerate(responses)
-        if usable(r)
+        for r in responses
+        if judged(r)
     ]
-    values = iter(score([(prompt, text) for prompt, _, text in wanted]))
-    results = []
-    for responses in frame[RESPONSES]:
-        scores = [next(values) if usable(r) else None for r in responses]
-        results.append(([], scores))
-    return results
+    values = iter(score(wanted))
+    return [([], [next(values) if judged(r) else None for r in rs]) for rs in frame[RESPONSES]]
 
 
 def build_judge(config: JudgeConfig) -> tuple[Any, dict[str, Any]]:
@@ -145,7 +150,7 @@ def judge_frame(
     if config.judge == "llm_judge":
         results = _pairwise(frame, config, judge)
     else:
-        results = _scored(frame, judge)
+        results = _scored(frame, config, judge)
     seconds = time.perf_counter() - started
     share = seconds / max(frame.height, 1)
     return frame.with_columns(

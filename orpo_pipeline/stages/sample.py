@@ -18,9 +18,9 @@ GIVEN = "given"
 DROPPED = ("chosen", "rejected", "score_chosen", "score_rejected")
 
 
-def usable(response: dict[str, Any]) -> bool:
-    """A response worth judging: not blank, and not cut off at the token limit."""
-    return response["finish_reason"] != "length" and bool(response["text"].strip())
+def usable(response: dict[str, Any], *, truncated: bool = False) -> bool:
+    """A response worth judging: not blank, and (unless `truncated`) not cut at the limit."""
+    return (truncated or response["finish_reason"] != "length") and bool(response["text"].strip())
 
 
 class SampleConfig(StageConfig):
