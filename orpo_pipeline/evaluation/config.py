@@ -1,8 +1,8 @@
 """`EvalConfig`: what `orpo-pipeline eval` and a training run's `eval_after` evaluate, and how."""
 
-from typing import Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from orpo_pipeline.formats.generate import Engine, Sampling
 from orpo_pipeline.stages.judge import JudgeConfig
@@ -62,3 +62,12 @@ class EvalConfig(BaseModel):
             top_p=self.top_p,
             seed=self.seed,
         )
+
+
+def _switch(value: Any) -> Any:
+    return {} if value is True else None if value is False else value
+
+
+EvalAfter = Annotated[EvalConfig | None, BeforeValidator(_switch)]
+"""A training config's `eval_after`: `true` (the defaults), `false` or null (no evaluation), or
+an `EvalConfig` mapping."""

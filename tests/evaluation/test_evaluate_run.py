@@ -154,6 +154,19 @@ def test_cli_against_another_run_and_runs_diff(setup):
     assert diff_manifests(a, b)["evaluation"]["lc_win_rate"] == [before["lc_win_rate"], None]
 
 
+def test_eval_after_takes_true_false_or_a_config():
+    from pydantic import BaseModel
+
+    from orpo_pipeline.evaluation.config import EvalAfter
+
+    class Holder(BaseModel):
+        eval_after: EvalAfter = EvalConfig()
+
+    assert Holder(eval_after=True).eval_after == EvalConfig()
+    assert Holder(eval_after=False).eval_after is None
+    assert Holder(eval_after={"num_ifeval_prompts": 0}).eval_after.num_ifeval_prompts == 0
+
+
 def test_bad_configs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="implicit_reward"):
         EvalConfig(judge=JudgeConfig(judge="implicit_reward", reference="default"))
