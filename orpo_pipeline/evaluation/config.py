@@ -16,18 +16,18 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    num_heldout_prompts: int = Field(default=16, ge=0)
+    num_heldout_prompts: int = Field(default=12, ge=0)
     """Distinct prompts of the run's held-out pairs (`eval_pairs`), taken in file order."""
-    benchmarks: dict[Benchmark, int] = {"alpaca_eval": 8, "mt_bench": 4, "arena_hard": 4}
+    benchmarks: dict[Benchmark, int] = {"alpaca_eval": 6, "mt_bench": 3, "arena_hard": 3}
     """Shipped benchmark prompts per set, spread evenly over it (MT-bench: first turns only)."""
-    max_prompt_chars: int | None = Field(default=1500, gt=0)
+    max_prompt_chars: int | None = Field(default=1000, gt=0)
     """Judged prompts longer than this (all turns' characters) are passed over, so that a few
     long conversations do not dominate the cost; null keeps every prompt."""
-    num_ifeval_prompts: int = Field(default=16, ge=0)
+    num_ifeval_prompts: int = Field(default=12, ge=0)
     """IFEval prompts, spread evenly over the 541; 0 skips IFEval."""
     max_new_tokens: int = Field(default=64, gt=0)
     """Longest judged answer in tokens (both models)."""
-    ifeval_max_new_tokens: int = Field(default=128, gt=0)
+    ifeval_max_new_tokens: int = Field(default=96, gt=0)
     """Longest IFEval answer in tokens (both models)."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Sampling temperature for both models; 0 decodes greedily."""
