@@ -259,6 +259,25 @@ def _nests_deeper(value: Any, limit: int) -> bool:
 
 
 def _read_json(path: Path) -> Iterator[ReadItem]:
+    text, _, items = _json_records(path)
+    check = _may_hold_problems(text)
+    for number, item in items:
+        problem = _value_problem(item) if check else None
+        if problem is not None:
+            # ASCII escapes: the text may hold lone surrogates.
+            raw = json.dumps(item, default=str)[:MAX_RAW_CHARS]
+            yield BadRow(number, *problem, raw)
+        elif isinstance(item, dict):
+            yield SourceRow(number, item)
+        else:
+            raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
+            detail = f"array item is a JSON {json_type(item)}, not an object"
+            yield BadRow(number, "not_an_object", detail, raw)
+
+
+def _json_records(path: Path) -> tuple[str, str, list[tuple[int, Any]]]:
+    """(text, position unit, [(position, item)]) of a JSON document: positions are the lines
+    where the items start when each starts on a line of its own, else record numbers."""
     with _open_binary(path) as stream:
         data = stream.read()
     try:
@@ -280,19 +299,16 @@ def _read_json(path: Path) -> Iterator[ReadItem]:
         msg = f"{path} is not a JSON document Python can read: {error}"
         raise DataError(msg) from error
     _check_json_layout(path, document)
-    check = _may_hold_problems(text)
-    for number, item in _json_items(text):
-        problem = _value_problem(item) if check else None
-        if problem is not None:
-            # ASCII escapes: the text may hold lone surrogates.
-            raw = json.dumps(item, default=str)[:MAX_RAW_CHARS]
-            yield BadRow(number, *problem, raw)
-        elif isinstance(item, dict):
-            yield SourceRow(number, item)
-        else:
-            raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
-            detail = f"array item is a JSON {json_type(item)}, not an object"
-            yield BadRow(number, "not_an_object", detail, raw)
+    items = _json_items(text)
+    if all(before[0] < after[0] for before, after in itertools.pairwise(items)):
+        return text, "line", items
+    return text, "record", [(number, item) for number, (_, item) in enumerate(items, start=1)]
+
+
+def position_unit(path: Path) -> str:
+    """What a row's `line` counts in `path`: 'line' (where the record starts) or 'record'."""
+    kind = input_kind(path)
+    return _json_records(path)[1] if kind == "json" else POSITION_UNITS[kind]
 
 
 def _check_json_layout(path: Path, document: Any) -> None:
@@ -429,7 +445,7 @@ READER_SUFFIXES = {
 }
 POSITION_UNITS = {
     "jsonl": "line",
-    "json": "line",
+    "json": "line",  # unless several items start on one line: then records (`position_unit`)
     "csv": "line",
     "parquet": "record",
     "datasets": "record",

@@ -7,7 +7,7 @@ import polars as pl
 
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats.convert import ConversionResult
-from orpo_pipeline.formats.readers import POSITION_UNITS, input_kind
+from orpo_pipeline.formats.readers import position_unit
 from orpo_pipeline.io import atomic_path, polars_io_errors, sha256_file, write_text
 from orpo_pipeline.records import PAIR_SCHEMA
 
@@ -90,7 +90,7 @@ def conversion_report(result: ConversionResult, paths: dict[str, Path]) -> dict:
                 {
                     "path": str(path),
                     "sha256": None if path.is_dir() else sha256_file(path),
-                    "line_means": LINE_MEANINGS[POSITION_UNITS[input_kind(path)]],
+                    "line_means": LINE_MEANINGS[position_unit(path)],
                 }
                 for path in result.inputs
             ],

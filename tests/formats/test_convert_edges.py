@@ -132,7 +132,7 @@ def cut_gzip(tmp_path):
 
 def test_a_cut_gzip_is_refused_by_default(cut_gzip):
     path, _ = cut_gzip
-    with pytest.raises(DataError, match="cut short.*--salvage"):
+    with pytest.raises(DataError, match=r"cut short.*--salvage"):
         convert_files([path], ConvertOptions())
 
 
@@ -142,8 +142,9 @@ def test_salvage_keeps_every_complete_line(cut_gzip, tmp_path):
     (truncated,) = result.rejects.filter(pl.col("reason") == "truncated_file").iter_rows(named=True)
     recovered = truncated["line"] - 1
     assert 0 < recovered < 300
-    assert f"lines 1-{recovered} ({sum(map(len, lines[:recovered]))} uncompressed bytes)" in (
-        truncated["detail"]
+    assert (
+        f"lines 1-{recovered} ({sum(map(len, lines[:recovered]))} uncompressed bytes)"
+        in (truncated["detail"])
     )
     assert result.rows_in == recovered + 1
     whole = tmp_path / "head.jsonl"
@@ -239,3 +240,14 @@ def test_deep_nesting_in_an_unread_field_does_not_reject_the_row(tmp_path):
     assert sorted(result.pairs["_line"]) == [1, 2]
     (reject,) = result.rejects.iter_rows(named=True)
     assert (reject["line"], reject["reason"]) == (3, "too_deeply_nested")
+
+
+def test_a_compact_json_array_falls_back_to_record_numbers(tmp_path):
+    compact = tmp_path / "outputs.json"
+    compact.write_text(json.dumps(json.loads(OUTPUTS.read_text())))  # one line
+    result = convert_files([compact], ConvertOptions())
+    assert sorted(result.pairs["_line"]) == list(range(1, 13))
+    done = convert_cli(compact, "-o", tmp_path / "pairs.parquet")
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "pairs.report.json").read_text())
+    assert report["conversion"]["inputs"][0]["line_means"].startswith("the record number")

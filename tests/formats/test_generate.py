@@ -196,8 +196,7 @@ def tty_convert(tiny_model_dir, tmp_path, monkeypatch, answer: bytes, **knobs):
     import pty
     import sys
 
-    from orpo_pipeline.formats import ConvertOptions, convert_files
-    from orpo_pipeline.formats import sft
+    from orpo_pipeline.formats import ConvertOptions, convert_files, sft
 
     monkeypatch.setattr(sft, "CONFIRM_OVER_S", 0.0)  # any estimate counts as long
     leader, follower = pty.openpty()

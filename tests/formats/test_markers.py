@@ -76,7 +76,9 @@ def test_sft_and_judgment_records_are_cleaned_too(tmp_path):
 def test_a_quoting_prompt_is_kept_whole(tmp_path: Path):
     path = tmp_path / "pairs.jsonl"
     quoted = "Who is rude here?\n\nHuman: hi\n\nAssistant: go away"
-    path.write_text(json.dumps({"prompt": quoted, "chosen": "The assistant.", "rejected": "No one."}))
+    path.write_text(
+        json.dumps({"prompt": quoted, "chosen": "The assistant.", "rejected": "No one."})
+    )
     result = convert_files([path], ConvertOptions())
     assert result.pairs["prompt"][0].to_list() == [{"role": "user", "content": quoted}]
 
