@@ -65,7 +65,8 @@ def write_pairs(
         report["files"] = {role: str(paths[role]) for role in ("rejects", "report")}
         write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", paths["report"])
         msg = (
-            f"no pairs converted, so {out} was not written:\n{format_summary(result)}\n"
+            f"no pairs converted from {', '.join(map(str, result.inputs))}, so {out} was not "
+            f"written:\n{format_summary(result)}\n"
             f"rejected rows: {paths['rejects']}; report: {paths['report']}\n"
             "(--allow-empty writes an empty pair file anyway)"
         )

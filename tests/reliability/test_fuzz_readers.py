@@ -501,16 +501,22 @@ def test_csv_records_are_each_converted_or_rejected(header, records, bom, opts):
         path = Path(directory) / "data.csv"
         lines_ = [b",".join(header)] + [b",".join(map(csv_cell, record)) for record in records]
         path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + b"\r\n".join(lines_) + b"\r\n")
-        # The csv module skips blank lines, so only records with cells are rows.
+        # Blank lines are not rows; a row's line is where its record starts, counting line
+        # breaks the way the csv module reads them (\r\n, \r or \n, also inside quotes).
         rows = [record for record in records if record]
         expected = {
-            (str(path), number): "invalid_utf8"
-            for number, record in enumerate(rows, start=1)
-            if not all(_is_utf8(cell) for cell in record)
+            (str(path), _start_line(lines_, index)): "invalid_utf8"
+            for index, record in enumerate(records, start=1)
+            if record and not all(_is_utf8(cell) for cell in record)
         }
         result = convert_or_error([path], opts)
         if result is not None:
             check_result(result, {path: len(rows)}, expected)
+
+
+def _start_line(lines_: list[bytes], index: int) -> int:
+    """The 1-based text line where `lines_[index]` starts in the CRLF-joined file."""
+    return len(re.findall(rb"\r\n|\r|\n", b"\r\n".join(lines_[:index]) + b"\r\n")) + 1
 
 
 def _is_utf8(data: bytes) -> bool:
