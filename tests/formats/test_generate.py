@@ -194,6 +194,7 @@ def tty_convert(tiny_model_dir, tmp_path, monkeypatch, answer: bytes, **knobs):
     """Convert the AlpacaEval outputs with a model, stdin and stderr on a real terminal."""
     import os
     import pty
+    import select
     import sys
 
     from orpo_pipeline.formats import ConvertOptions, convert_files, sft
@@ -217,12 +218,14 @@ def tty_convert(tiny_model_dir, tmp_path, monkeypatch, answer: bytes, **knobs):
         return convert_files([ALPACA_EVAL_OUTPUTS], options)
     finally:
         terminal_out.flush()
-        shown = os.read(leader, 65536).decode()
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:  # a pty read returns one chunk
+            shown += os.read(leader, 65536)
         monkeypatch.undo()
         terminal_in.close()
         terminal_out.close()
         os.close(leader)
-        tty_convert.shown = shown
+        tty_convert.shown = shown.decode()
 
 
 def test_a_long_estimate_asks_on_a_terminal_and_no_stops(tiny_model_dir, tmp_path, monkeypatch):
