@@ -13,10 +13,9 @@ from orpo_pipeline.cli import cli
 from orpo_pipeline.errors import DataError
 from orpo_pipeline.formats import ConvertOptions, convert_files, load_mapping
 from orpo_pipeline.formats.readers import BadRow, read_rows
-from tests.conftest import REPO
+from tests.formats.conftest import HH, TEST_DATA
 
-DATA = REPO / "tests" / "data"
-HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+DATA = TEST_DATA
 UNJUDGED = DATA / "alpaca-eval-cut" / "annotations-unjudged.json"
 OUTPUTS = DATA / "alpaca-eval-cut" / "outputs.json"
 SFT = DATA / "alpaca-response-sft" / "train.jsonl"

@@ -5,7 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import orpo_pipeline.models
 from orpo_pipeline.formats.generate import cache_path, model_fingerprint
-from tests.formats.conftest import texts
+from tests.formats.conftest import TEST_DATA, texts
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
@@ -129,12 +129,7 @@ def test_cache_key_follows_model_files_and_settings(tiny_model_dir, tmp_path):
 
 # Issue 13 item 1: generation never starts by surprise.
 
-ALPACA_EVAL_OUTPUTS = (
-    __import__("pathlib").Path(__file__).resolve().parents[1]
-    / "data"
-    / "alpaca-eval-cut"
-    / "outputs.json"
-)
+ALPACA_EVAL_OUTPUTS = TEST_DATA / "alpaca-eval-cut" / "outputs.json"
 
 
 def test_sft_file_without_options_needs_no_model(tmp_path, monkeypatch):

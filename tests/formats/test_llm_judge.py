@@ -1,7 +1,6 @@
 """FastChat llm_judge folders (issue 13 item 5), on tests/data/mt-bench-judgments."""
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,8 +8,9 @@ from click.testing import CliRunner
 from orpo_pipeline.cli import cli
 from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats import ConvertOptions, convert_files, write_pairs
+from tests.formats.conftest import TEST_DATA
 
-FOLDER = Path(__file__).resolve().parents[1] / "data" / "mt-bench-judgments"
+FOLDER = TEST_DATA / "mt-bench-judgments"
 JUDGMENTS = FOLDER / "model_judgment" / "gpt-4_pair.jsonl"
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from orpo_pipeline.formats import ConvertOptions, convert_files, write_pairs
 from orpo_pipeline.formats.markers import answer_text, prompt_turns
-from tests.conftest import REPO
+from tests.formats.conftest import HH, TEST_DATA
 
-CSV = REPO / "tests" / "data" / "hh-transcript-csv" / "pairs.csv"
-HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+CSV = TEST_DATA / "hh-transcript-csv" / "pairs.csv"
 
 
 def test_transcripts_in_a_csv_become_the_same_pairs_as_the_hh_file(tmp_path):
