@@ -92,7 +92,10 @@ def input_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return "datasets"
-        msg = f"{path} is a folder but not a `datasets` save_to_disk folder (no dataset_info.json)"
+        msg = (
+            f"{path} is a folder but not a `datasets` save_to_disk folder (no dataset_info.json)"
+            " nor a FastChat llm_judge folder (question.jsonl, model_answer/, model_judgment/)"
+        )
         raise DataError(msg)
     if not path.exists():
         msg = f"input file {path} does not exist"
