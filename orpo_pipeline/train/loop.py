@@ -236,66 +236,25 @@ def build_reference(run: Run, policy: Any, tokenizer: Any) -> Reference:
     return FrozenReference(accelerator.prepare_model(frozen, evaluation_mode=True))
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train with `config.objective`; evaluate before, every `eval_every_steps` and after.
-
-    Writes `<run>/config.yaml`, `inputs.json` (inputs by sha256), `data.json` (kept, rejected
-    and truncated pairs), `metrics.jsonl`, `samples/step-NNNNNN.jsonl`,
-    `checkpoints/step-NNNNNN/`, `final/` (model and tokenizer, loadable with
-    `AutoModelForCausalLM`), `manifest.json`, `report.html`, `reference.json` for a precomputed
-    reference, and `tensorboard/` or `mlflow.db` when those trackers are asked for.
-    """
-    started = time.monotonic()
-    if config.return_freed_memory:
-        return_freed_memory()
-    objective = build_objective(config)
-    run = Run(config)
-    accelerator = run.accelerator
-    set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
-    run.record_inputs(tokenizer.chat_template)
-
-    with accelerator.main_process_first():
+def load_splits(run: Run, tokenizer: Any) -> tuple[Split, Split, dict[str, Any]]:
+    """Tokenized train and eval splits, and their report (written as `data.json`)."""
+    config = run.config
+    with run.accelerator.main_process_first():
         train_split = load_split(config.train_pairs, tokenizer, config)
         eval_split = (
             load_split(config.eval_pairs, tokenizer, config, limit=config.num_eval_pairs)
             if config.eval_pairs is not None
             else Split([], TokenizedPairs([], [], {}, 0, 0))
         )
-    data_report = {"train": train_split.report()}
+    report = {"train": train_split.report()}
     if config.eval_pairs is not None:
-        data_report["eval"] = eval_split.report()
-    run.write_json("data.json", data_report)
-    train_pairs = train_split.pairs
-    if not objective.uses_rejected:  # e.g. sft: the rejected answers are never forwarded
-        train_pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, []) for p in train_pairs]
+        report["eval"] = eval_split.report()
+    run.write_json("data.json", report)
+    return train_split, eval_split, report
 
-    world = accelerator.num_processes
-    pairs_per_step = config.per_device_batch_size * config.gradient_accumulation_steps * world
-    total_steps = config.max_steps or math.ceil(
-        config.num_epochs * len(train_pairs) / pairs_per_step
-    )
-    reference: Reference | None = None
-    reference_tokens = 0  # forwarded through the reference model, for the FLOP count
-    if objective.needs_reference and config.reference == "precomputed":
-        visited = sorted(
-            {
-                i
-                for step in range(total_steps)
-                for i in step_pairs(
-                    step,
-                    num_pairs=len(train_pairs),
-                    pairs_per_step=pairs_per_step,
-                    seed=config.seed,
-                )
-            }
-        )
-        splits = {"train": (train_split.pairs, visited)}
-        if eval_split.pairs:
-            splits["eval"] = (eval_split.pairs, list(range(len(eval_split.pairs))))
-        reference = precompute_reference(run, splits, tokenizer.pad_token_id)
-        reference_tokens = sum(train_split.pairs[i].num_tokens for i in visited)
 
+def build_model(config: TrainConfig, tokenizer: Any) -> tuple[torch.nn.Module, Collate, int]:
+    """The policy (with LoRA adapters if asked), its collate function and the model's size N."""
     model = load_model(config.model, dtype=torch.float32)
     num_parameters = sum(p.numel() for p in model.parameters())
     if config.lora is not None:
@@ -307,17 +266,21 @@ def train(config: TrainConfig) -> TrainResult:
         pad_token_id=tokenizer.pad_token_id,
         gradient_checkpointing=config.gradient_checkpointing,
     )
-    optimizer, scheduler = build_optimizer(model, config, total_steps)
-    if accelerator.state.deepspeed_plugin is not None:  # it reads this from a dataloader we lack
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
-            config.per_device_batch_size
-        )
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    if objective.needs_reference and reference is None:
-        reference = build_reference(run, policy, tokenizer)
-    run.start_trackers()
-    start_step = run.restore()
+    return policy, collate, num_parameters
+
+
+def evaluator(
+    run: Run,
+    policy: torch.nn.Module,
+    collate: Collate,
+    *,
+    objective: Objective,
+    reference: Reference | None,
+    eval_split: Split,
+    tokenizer: Any,
+) -> Callable[[int, float], None]:
+    """A function that evaluates at a step (logging the FLOPs so far) and writes samples."""
+    config, accelerator = run.config, run.accelerator
 
     def run_eval(step: int, flops: float) -> None:
         if not eval_split.pairs:
@@ -345,21 +308,22 @@ def train(config: TrainConfig) -> TrainResult:
             )
             run.write_samples(step, samples)
 
-    fit(
-        run,
-        policy,
-        optimizer,
-        scheduler,
-        objective=objective,
-        reference=reference,
-        pairs=train_pairs,
-        collate=collate,
-        steps=range(start_step, total_steps),
-        flops_per_token=(6 * num_parameters, 2 * num_parameters),
-        reference_tokens=reference_tokens,
-        run_eval=run_eval,
-    )
+    return run_eval
 
+
+def finish(
+    run: Run,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Any,
+    *,
+    started: float,
+    steps: int,
+    data_report: dict[str, Any],
+    num_parameters: int,
+) -> TrainResult:
+    """Save `final/`, release the prepared objects, write the manifest and report."""
+    accelerator = run.accelerator
     run.save_final(policy, tokenizer)
     # Drop the DDP wrapper while the process group lives: freed after `end_training`, its reducer
     # destroys the gloo group holding the GIL, which can deadlock torch's worker threads at exit.
@@ -370,7 +334,7 @@ def train(config: TrainConfig) -> TrainResult:
     result = TrainResult(
         run_dir=run.dir,
         final_dir=run.final_dir,
-        steps=total_steps,
+        steps=steps,
         eval_before=evals[0] if evals else {},
         eval_after=evals[-1] if evals else {},
         rejects={split: report["rejects"] for split, report in data_report.items()},
@@ -378,10 +342,10 @@ def train(config: TrainConfig) -> TrainResult:
     )
     run.finish(
         {
-            "objective": config.objective,
+            "objective": run.config.objective,
             "parameters": num_parameters,
             "data": data_report,
-            "steps": total_steps,
+            "steps": steps,
             "eval_before": result.eval_before,
             "eval_after": result.eval_after,
             "seconds": result.seconds,
@@ -390,6 +354,143 @@ def train(config: TrainConfig) -> TrainResult:
         }
     )
     return result
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train with `config.objective`; evaluate before, every `eval_every_steps` and after.
+
+    Writes `<run>/config.yaml`, `inputs.json` (inputs by sha256), `data.json` (kept, rejected
+    and truncated pairs), `metrics.jsonl`, `samples/step-NNNNNN.jsonl`,
+    `checkpoints/step-NNNNNN/`, `final/` (model and tokenizer, loadable with
+    `AutoModelForCausalLM`), `manifest.json`, `report.html`, `reference.json` for a precomputed
+    reference, and `tensorboard/` or `mlflow.db` when those trackers are asked for.
+    """
+    started = time.monotonic()
+    if config.return_freed_memory:
+        return_freed_memory()
+    objective = build_objective(config)
+    run = Run(config)
+    accelerator = run.accelerator
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
+    run.record_inputs(tokenizer.chat_template)
+    train_split, eval_split, data_report = load_splits(run, tokenizer)
+    train_pairs = train_split.pairs
+    if not objective.uses_rejected:  # e.g. sft: the rejected answers are never forwarded
+        train_pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, []) for p in train_pairs]
+    world = accelerator.num_processes
+    pairs_per_step = config.per_device_batch_size * config.gradient_accumulation_steps * world
+    total_steps = config.max_steps or math.ceil(
+        config.num_epochs * len(train_pairs) / pairs_per_step
+    )
+
+    reference: Reference | None = None
+    reference_tokens = 0  # forwarded through the reference model up front, for the FLOP count
+    if objective.needs_reference and config.reference == "precomputed":
+        order = functools.partial(
+            step_pairs, num_pairs=len(train_pairs), pairs_per_step=pairs_per_step, seed=config.seed
+        )
+        visited = sorted({i for step in range(total_steps) for i in order(step)})
+        splits = {"train": (train_split.pairs, visited)}
+        if eval_split.pairs:
+            splits["eval"] = (eval_split.pairs, list(range(len(eval_split.pairs))))
+        reference = precompute_reference(run, splits, tokenizer.pad_token_id)
+        reference_tokens = sum(train_split.pairs[i].num_tokens for i in visited)
+
+    policy, collate, num_parameters = build_model(config, tokenizer)
+    optimizer, scheduler = build_optimizer(policy, config, total_steps)
+    if accelerator.state.deepspeed_plugin is not None:  # it reads this from a dataloader we lack
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            config.per_device_batch_size
+        )
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if objective.needs_reference and reference is None:
+        reference = build_reference(run, policy, tokenizer)
+    run.start_trackers()
+    start_step = run.restore()
+    fit(
+        run,
+        policy,
+        optimizer,
+        scheduler,
+        objective=objective,
+        reference=reference,
+        pairs=train_pairs,
+        collate=collate,
+        steps=range(start_step, total_steps),
+        meter=Meter(
+            num_parameters,
+            reference_tokens,
+            live_reference=objective.needs_reference and config.reference != "precomputed",
+        ),
+        run_eval=evaluator(
+            run,
+            policy,
+            collate,
+            objective=objective,
+            reference=reference,
+            eval_split=eval_split,
+            tokenizer=tokenizer,
+        ),
+    )
+
+    return finish(
+        run,
+        policy,
+        optimizer,
+        tokenizer,
+        started=started,
+        steps=total_steps,
+        data_report=data_report,
+        num_parameters=num_parameters,
+    )
+
+
+@dataclasses.dataclass
+class Meter:
+    """Tokens and FLOPs spent so far, and throughput since the last metrics line.
+
+    FLOPs ≈ 6N per trained token + 2N per token forwarded through a reference model (Kaplan et
+    al. 2020), N = parameters; `reference_tokens` were forwarded up front (precomputed).
+    """
+
+    parameters: int
+    reference_tokens: int
+    live_reference: bool
+    """A reference forward runs with every training step (a frozen model, or LoRA off)."""
+    trained_tokens: int = 0
+    """Tokens trained on by every process: a function of the step, so a resume knows it."""
+    interval: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"steps": 0, "seconds": 0.0, "tokens": 0}
+    )
+
+    @property
+    def flops(self) -> float:
+        """FLOPs spent so far."""
+        forwarded = self.reference_tokens + (self.trained_tokens if self.live_reference else 0)
+        return float(6 * self.parameters * self.trained_tokens + 2 * self.parameters * forwarded)
+
+    def step(self, *, tokens: int, own_tokens: int, seconds: float) -> None:
+        """Count one optimizer step: `tokens` on all processes, `own_tokens` on this one."""
+        self.trained_tokens += tokens
+        self.interval["steps"] += 1
+        self.interval["seconds"] += seconds
+        self.interval["tokens"] += own_tokens
+
+    def drain(self, accelerator: Any) -> dict[str, float]:
+        """The metrics-line fields, and a new throughput interval."""
+        tokens = accelerator.reduce(
+            torch.tensor(float(self.interval["tokens"]), device=accelerator.device)
+        )
+        fields = {
+            "train_tokens": self.trained_tokens,
+            "flops": self.flops,
+            "step_seconds": self.interval["seconds"] / self.interval["steps"],
+            "tokens_per_second": float(tokens) / self.interval["seconds"],
+        }
+        self.interval = {"steps": 0, "seconds": 0.0, "tokens": 0}
+        return fields
 
 
 def fit(
@@ -403,40 +504,22 @@ def fit(
     pairs: list[TokenizedPair],
     collate: Collate,
     steps: range,
-    flops_per_token: tuple[int, int],
-    reference_tokens: int,
+    meter: Meter,
     run_eval: Callable[[int, float], None],
 ) -> None:
-    """The optimisation loop over `steps`: log, evaluate and checkpoint on schedule.
-
-    `flops_per_token` is (≈6N trained, ≈2N reference-forward) for N parameters;
-    `reference_tokens` are tokens already forwarded through a reference (a precomputed one).
-    """
+    """The optimisation loop over `steps`: log, evaluate and checkpoint on schedule."""
     config, accelerator = run.config, run.accelerator
     micro_batch, micro_steps = config.per_device_batch_size, config.gradient_accumulation_steps
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     pairs_per_step = micro_batch * micro_steps * world
-    seed, nll_on_prompt, max_grad_norm = (
-        config.seed,
-        config.nll_includes_prompt,
-        config.max_grad_norm,
+    nll_on_prompt, max_grad_norm = config.nll_includes_prompt, config.max_grad_norm
+    order_of = functools.partial(
+        step_pairs, num_pairs=len(pairs), pairs_per_step=pairs_per_step, seed=config.seed
     )
-    live_reference = objective.needs_reference and config.reference != "precomputed"
-
-    def order_of(step: int) -> list[int]:
-        return step_pairs(step, num_pairs=len(pairs), pairs_per_step=pairs_per_step, seed=seed)
-
-    # Tokens trained on by every process so far: a function of the step, so a resume knows it.
-    trained_tokens = sum(pairs[i].num_tokens for s in range(steps.start) for i in order_of(s))
-
-    def flops() -> float:
-        forwarded = reference_tokens + (trained_tokens if live_reference else 0)
-        return float(flops_per_token[0] * trained_tokens + flops_per_token[1] * forwarded)
-
+    meter.trained_tokens = sum(pairs[i].num_tokens for s in range(steps.start) for i in order_of(s))
     if steps.start == 0:
-        run_eval(0, flops())
+        run_eval(0, meter.flops)
     sums = torch.zeros(len(objective.sum_names), device=device)  # on device; synced when logged
-    interval = {"steps": 0, "seconds": 0.0, "tokens": 0}  # throughput since the last log
     grad_norm = None
     progress = tqdm(
         total=steps.stop, initial=steps.start, disable=not run.is_main, desc="train", unit="step"
@@ -449,8 +532,6 @@ def fit(
         mine = [i for window in windows for i in window]
         # NLL tokens in the whole window on all processes: the NLL is one token mean (§6).
         local_tokens = sum(pairs[i].nll_tokens(nll_on_prompt=nll_on_prompt) for i in mine)
-        interval["tokens"] += sum(pairs[i].num_tokens for i in mine)
-        trained_tokens += sum(pairs[i].num_tokens for i in order)
         window_tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=device))
         scale = {"nll_tokens": window_tokens / (micro_steps * world), "num_pairs": micro_batch}
         learning_rate = scheduler.get_last_lr()[0]
@@ -467,8 +548,11 @@ def fit(
                 optimizer.zero_grad()
             sums += out.sums
         scheduler.step()
-        interval["steps"] += 1
-        interval["seconds"] += time.perf_counter() - step_started
+        meter.step(
+            tokens=sum(pairs[i].num_tokens for i in order),
+            own_tokens=sum(pairs[i].num_tokens for i in mine),
+            seconds=time.perf_counter() - step_started,
+        )
         done = step + 1
         progress.update()
         if done % config.log_every_steps == 0 or done == steps.stop:
@@ -477,22 +561,16 @@ def fit(
                 "epoch": done * pairs_per_step / len(pairs),
                 "learning_rate": learning_rate,
                 **objective.metrics(accelerator.reduce(sums).tolist()),
+                **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+                **meter.drain(accelerator),
             }
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            tokens = accelerator.reduce(torch.tensor(float(interval["tokens"]), device=device))
-            record["train_tokens"] = trained_tokens
-            record["flops"] = flops()
-            record["step_seconds"] = interval["seconds"] / interval["steps"]
-            record["tokens_per_second"] = float(tokens) / interval["seconds"]
             run.log(record)
             progress.set_postfix(
                 loss=f"{record['loss']:.4f}", tokens_s=f"{record['tokens_per_second']:.0f}"
             )
             sums.zero_()
-            interval = {"steps": 0, "seconds": 0.0, "tokens": 0}
         if done == steps.stop or (config.eval_every_steps and done % config.eval_every_steps == 0):
-            run_eval(done, flops())
+            run_eval(done, meter.flops)
         if done < steps.stop and config.save_every_steps and done % config.save_every_steps == 0:
             run.save_checkpoint(done)
     progress.close()
