@@ -31,9 +31,10 @@ QUALITY = (
 )
 """Held-out measures that depend on the policy alone, so they mean the same for every arm."""
 PALETTE = ("#1f6fb4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-SECONDS_PER_STEP_GUESS = 7.0
-"""Rough seconds per optimizer step of the default model on 2 CPU cores (max_length 256,
-4 pairs), used only to say up front how long a comparison may take."""
+SECONDS_PER_STEP = 5.0
+SECONDS_PER_EVAL_PAIR = 0.45
+"""The default model on 2 idle CPU cores (max_length 256, 4 pairs a step; README, `make train`):
+used only to say up front about how long a comparison will take."""
 
 
 class CompareConfig(Settings):
@@ -73,23 +74,23 @@ class CompareConfig(Settings):
 
 
 def plan(config: CompareConfig) -> str:
-    """What a comparison will run, and a rough duration, said before it starts."""
-    steps = {
-        arm: [s.get("max_steps", config.base.get("max_steps")) for s in st]
-        for arm, st in config.arms.items()
-    }
+    """What a comparison will run, and about how long it takes, said before it starts."""
     lines = [f"compare {config.name}: {len(config.arms)} arms x {len(config.seeds)} seed(s)"]
-    for arm, counts in steps.items():
-        stages = " -> ".join(
-            f"{stage.get('objective', 'orpo')} ({n} steps)"
-            for stage, n in zip(config.arms[arm], counts, strict=True)
-        )
-        lines.append(f"  {arm}: {stages}")
-    total = sum(n or 0 for counts in steps.values() for n in counts) * len(config.seeds)
-    minutes = total * SECONDS_PER_STEP_GUESS / 60
+    steps = evals = 0
+    for arm, stages in config.arms.items():
+        described = []
+        for stage in stages:
+            train = TrainConfig.model_validate(config.base | stage)
+            count = train.max_steps or 0
+            every = train.eval_every_steps or count or 1
+            steps += count
+            evals += (1 + math.ceil(count / every)) * (train.num_eval_pairs or 100)
+            described.append(f"{train.objective} ({count} steps)")
+        lines.append(f"  {arm}: {' -> '.join(described)}")
+    seconds = len(config.seeds) * (steps * SECONDS_PER_STEP + evals * SECONDS_PER_EVAL_PAIR)
     lines.append(
-        f"{total} optimizer steps in all: roughly {minutes:.0f} min on 2 CPU cores for the "
-        f"default model, plus evaluations and samples"
+        f"{steps * len(config.seeds)} optimizer steps and {evals * len(config.seeds)} eval pairs: "
+        f"about {seconds / 60:.0f} min on 2 idle CPU cores for the default model"
     )
     return "\n".join(lines)
 
