@@ -34,6 +34,10 @@ data: setup ## Run the default data recipe (pipelines/default.yaml) -> runs/data
 train: setup model ## Train the default model with ORPO (pipelines/train/default.yaml) -> runs/train
 	$(BIN)/orpo-pipeline train pipelines/train/default.yaml
 
+.PHONY: compare
+compare: setup model data ## Compare ORPO, SFT->DPO, SFT and SimPO at matched compute (< 30 min) -> runs/compare
+	$(BIN)/orpo-pipeline compare pipelines/compare/default.yaml
+
 .PHONY: test
 test: setup model ## Run the test suite
 	$(BIN)/pytest -q

@@ -1,5 +1,6 @@
 """The `orpo-pipeline` command line: parse, call the library, print. No logic lives here."""
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -228,22 +229,54 @@ def report(run_dir: Path) -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option
 def train(config: Path, overrides: tuple[str, ...]) -> None:
-    """Train with ORPO as a config describes; evaluate before and after.
+    """Train as a config describes (any objective), or run a recipe's chain of stages.
+
+    A YAML with `stages:` is a recipe: e.g. SFT, then DPO from the SFT model.
 
     \b
     Example:
       orpo-pipeline train pipelines/train/default.yaml --set max_steps=10
+      orpo-pipeline train pipelines/recipes/sft_dpo.yaml
       accelerate launch -m orpo_pipeline train pipelines/train/default.yaml
     """
     from accelerate import PartialState
 
-    from orpo_pipeline.config_files import load_config
-    from orpo_pipeline.train.config import TrainConfig
     from orpo_pipeline.train.loop import train as run_training
+    from orpo_pipeline.train.recipe import (
+        RecipeConfig,
+        chain_summary,
+        load_recipe_or_config,
+        run_recipe,
+    )
 
-    result = run_training(load_config(config, TrainConfig, overrides))
+    loaded = load_recipe_or_config(config, overrides)
+    if isinstance(loaded, RecipeConfig):
+        console.print(chain_summary(run_recipe(loaded)), markup=False)
+        return
+    result = run_training(loaded)
     if PartialState().is_main_process:  # under accelerate launch every process returns here
         console.print(result.summary())
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@overrides_option
+def compare(config: Path, overrides: tuple[str, ...]) -> None:
+    """Run objectives side by side (ORPO, SFT->DPO, SFT, ...) and report them at equal compute.
+
+    Writes compare.json and report.html under the comparison directory.
+
+    \b
+    Example:
+      orpo-pipeline compare pipelines/compare/default.yaml --set seeds=[0,1,2]
+    """
+    from orpo_pipeline.config_files import load_config
+    from orpo_pipeline.train.compare import CompareConfig, markdown, run_compare, table
+
+    out = run_compare(load_config(config, CompareConfig, overrides), echo=click.echo)
+    report = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    click.echo(markdown(table(report)))
+    click.echo(f"report: {out / 'report.html'}")
 
 
 @cli.command()
@@ -362,11 +395,10 @@ def runs_show(run: str, root: Path) -> None:
 @runs_root_option
 def runs_diff(run_a: str, run_b: str, root: Path) -> None:
     """Say which inputs, outputs, config keys, code and packages differ between two runs."""
-    from orpo_pipeline.runs import diff_manifests, load_manifest, resolve_run
+    from orpo_pipeline.runs import resolve_run
+    from orpo_pipeline.train.recipe import diff_chains
 
-    changes = diff_manifests(
-        load_manifest(resolve_run(run_a, root)), load_manifest(resolve_run(run_b, root))
-    )
+    changes = diff_chains(resolve_run(run_a, root), resolve_run(run_b, root))
     for section, items in changes.items():
         if not items:
             console.print(f"{section}: same")

@@ -134,7 +134,7 @@ def pack_pairs(
             group += [index] * c
             # Rejected token j likewise, its first token also from the last prompt state.
             r = len(pair.rejected_ids)
-            predictor += [last_prompt, *range(start + p + c, start + p + c + r - 1)]
+            predictor += [last_prompt, *range(start + p + c, start + p + c + r - 1)][:r]
             target += pair.rejected_ids
             group += [num_pairs + index] * r
             # The prompt's own tokens, for the NLL over prompt + chosen (position 0 is not scored).
@@ -197,11 +197,18 @@ class PackedPolicy(nn.Module):
         counts = torch.zeros(3 * num_pairs, dtype=torch.long, device=logps.device).index_add(
             0, batch.group, torch.ones_like(batch.group)
         )
-        means = sums[: 2 * num_pairs] / counts[: 2 * num_pairs]
+        means = sums[: 2 * num_pairs] / counts[: 2 * num_pairs].clamp(min=1)  # SFT: no rejected
         nll_sum, nll_tokens = -sums[:num_pairs].sum(), counts[:num_pairs].sum()
         if nll_on_prompt:
             nll_sum, nll_tokens = (
                 nll_sum - sums[2 * num_pairs :].sum(),
                 nll_tokens + counts[2 * num_pairs :].sum(),
             )
-        return PairLogps(means[:num_pairs], means[num_pairs:], nll_sum, nll_tokens)
+        return PairLogps(
+            means[:num_pairs],
+            means[num_pairs:],
+            nll_sum,
+            nll_tokens,
+            counts[:num_pairs],
+            counts[num_pairs : 2 * num_pairs],
+        )
