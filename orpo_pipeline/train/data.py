@@ -267,13 +267,16 @@ Item = TypeVar("Item")
 def _to_device(item: Any, device: torch.device) -> Any:
     if isinstance(item, list | tuple):
         return type(item)(_to_device(part, device) for part in item)
+    if not hasattr(item, "pin_memory"):  # host values (indices, counts) stay as they are
+        return item
     if device.type == "cuda":  # page-locked source: the copy runs while the host moves on
         return item.pin_memory().to(device, non_blocking=True)
     return item.to(device)
 
 
 def prefetch_to_device(items: Iterable[Item], device: torch.device) -> Iterator[Item]:
-    """Yield `items` (batches, or lists and tuples of them) already on `device`, one step ahead.
+    """Yield `items` (batches, or lists and tuples of them and of host values such as pair
+    indices, which stay on the host) with every batch and tensor on `device`, one step ahead.
 
     Item k + 1 is collated on the host and its copy is queued before item k is handed out, so the
     host prepares the next step while the GPU runs this one, and no step waits on a copy. On CUDA
