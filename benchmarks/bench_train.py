@@ -513,7 +513,9 @@ def summarize(
 
 def measure_startup(setup: Setup, rows_file: Path, reps: int) -> dict:
     """Seconds from starting `orpo-pipeline train` to its first forward pass (model load,
-    tokenization and set-up included), and to importing the training loop alone; medians."""
+    tokenization and set-up included), and to importing the training loop alone; medians of wall
+    time and of the process's CPU time (user + system, all threads: the figure that does not
+    depend on what else the machine runs)."""
     import polars as pl
 
     from orpo_pipeline.records import PAIR_SCHEMA
@@ -545,32 +547,36 @@ def measure_startup(setup: Setup, rows_file: Path, reps: int) -> dict:
         "import os, sys, time\n"
         "from orpo_pipeline.train import packing\n"
         "def stop(self, *a, **k):\n"
-        "    print(f'FIRST_STEP {time.time()}', flush=True)\n"
+        "    cpu = os.times()\n"
+        "    print(f'FIRST_STEP {time.time()} {cpu.user + cpu.system}', flush=True)\n"
         "    os._exit(0)\n"
         "packing.PackedPolicy.forward = stop\n"
         "from orpo_pipeline.cli import cli\n"
         f"sys.argv = ['orpo-pipeline', 'train', {str(config)!r}]\n"
         "cli()\n"
     )
-    to_step, to_import = [], []
+    import_loop = (
+        "import os, time\n"
+        "import orpo_pipeline.train.loop\n"
+        "cpu = os.times()\n"
+        "print(f'IMPORTED {time.time()} {cpu.user + cpu.system}')\n"
+    )
+    samples: dict[str, list[float]] = {}
     for _ in range(reps):
-        started = time.time()
-        done = subprocess.run(
-            [sys.executable, "-c", first_step], capture_output=True, text=True, check=False
-        )
-        marks = [line for line in done.stdout.splitlines() if line.startswith("FIRST_STEP")]
-        if not marks:
-            msg = f"startup run never reached a step:\n{done.stderr[-3000:]}"
-            raise RuntimeError(msg)
-        to_step.append(float(marks[0].split()[1]) - started)
-        started = time.time()
-        subprocess.run([sys.executable, "-c", "import orpo_pipeline.train.loop"], check=True)
-        to_import.append(time.time() - started)
-    return {
-        "seconds_to_first_step": statistics.median(to_step),
-        "seconds_to_import_loop": statistics.median(to_import),
-        "samples_to_first_step": to_step,
-        "samples_to_import_loop": to_import,
+        for name, script in (("first_step", first_step), ("import_loop", import_loop)):
+            started = time.time()
+            done = subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=False
+            )
+            lines = done.stdout.splitlines()
+            marks = [line.split() for line in lines if line.startswith(("FIRST_STEP", "IMPORTED"))]
+            if not marks:
+                msg = f"start-up run ({name}) did not get there:\n{done.stderr[-3000:]}"
+                raise RuntimeError(msg)
+            samples.setdefault(f"seconds_to_{name}", []).append(float(marks[0][1]) - started)
+            samples.setdefault(f"cpu_seconds_to_{name}", []).append(float(marks[0][2]))
+    return {name: statistics.median(values) for name, values in samples.items()} | {
+        "samples": samples
     }
 
 
@@ -663,6 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.startup:
         setup = Setup(args.base_model, lengths[0], steps, batch_size, device)
         rows_file = OUTPUT.parent / "pairs-startup.json"
+        rows_file.parent.mkdir(parents=True, exist_ok=True)
         rows = bench_pairs(lengths[0], 64, model=args.base_model, pairs_file=args.pairs)
         rows_file.write_text(json.dumps(rows), encoding="utf-8")
         results["startup"] = measure_startup(setup, rows_file, reps)
@@ -681,6 +688,7 @@ def main(argv: list[str] | None = None) -> None:
             tokens = step_tokens(rows, setup)
             label = f"{shape}@{max_length}" if shape else str(max_length)
             rows_file = OUTPUT.parent / f"pairs-{max_length}.json"
+            rows_file.parent.mkdir(parents=True, exist_ok=True)
             rows_file.write_text(json.dumps(rows), encoding="utf-8")
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for _ in range(reps):  # alternate implementations, so load drifts hit all alike

@@ -36,11 +36,12 @@ ON_MACHINE = {  # installed on the GPU machine (gpu-device.md) with their own de
     "mpmath", "typing-extensions", "packaging", "regex", "psutil", "pygments", "markdown-it-py",
     "mdurl", "setuptools",
 }
+OFFLINE = {"hf-xet", "typer", "shellingham", "annotated-doc"}  # hub transfers and the hf CLI only
 environment = default_environment() | {"python_version": "3.12", "extra": ""}
 pins, todo = {}, ["polars", "pydantic", "datasets", "trl", "transformers", "huggingface-hub"]
 while todo:
     name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-    if name in pins or name in ON_MACHINE:
+    if name in pins or name in ON_MACHINE | OFFLINE:
         continue
     dist = metadata.distribution(name)
     pins[name] = dist.version
@@ -54,12 +55,25 @@ EOF
     "$venv" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         --platform manylinux2014_x86_64 -d "$CARRY/wheels" -r "$CARRY/wheels.txt"
-    # Same members, LZMA-compressed: still valid wheels for `pip install --no-index --target`.
+    # Same members, LZMA-compressed (preset 9: a 64 MiB dictionary): still valid wheels for
+    # `pip install --no-index --target`.
     "$venv" - "$CARRY/wheels" <<'EOF'
+import lzma
 import pathlib
+import struct
 import sys
 import zipfile
 
+
+class StrongLZMA(zipfile.LZMACompressor):
+    def _init(self):
+        props = lzma._encode_filter_properties({"id": lzma.FILTER_LZMA1, "preset": 9})
+        filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]
+        self._comp = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=filters)
+        return struct.pack("<BBH", 9, 4, len(props)) + props
+
+
+zipfile.LZMACompressor = StrongLZMA
 for wheel in pathlib.Path(sys.argv[1]).glob("*.whl"):
     packed = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_LZMA) as out:
