@@ -77,6 +77,13 @@ def convert_knob_options(command: Callable) -> Callable:
         kind = field.annotation
         if get_origin(kind) in (UnionType, Union):  # `X | None`: the option type is X
             kind = next(a for a in get_args(kind) if a is not type(None))
+        help_text = (field.description or "").replace("\n", " ")
+        if kind is bool:  # a flag that turns the default off or on
+            flag = f"--{'no-' if field.default else ''}{name.replace('_', '-')}"
+            command = click.option(
+                flag, name, flag_value=not field.default, default=None, help=help_text
+            )(command)
+            continue
         click_type = click.Choice(get_args(kind)) if get_origin(kind) is Literal else kind
         default = f" [default: {field.default}]" if field.default is not None else ""
         command = click.option(
@@ -84,7 +91,7 @@ def convert_knob_options(command: Callable) -> Callable:
             name,
             type=click_type,
             default=None,
-            help=(field.description or "").replace("\n", " ") + default,
+            help=help_text + default,
         )(command)
     return command
 
@@ -125,6 +132,12 @@ def _formats_epilog() -> str:
     default=None,
     help="Where rejected rows go (default: OUTPUT-stem.rejects.*).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Write an empty pair file when nothing converts, and exit 0 (default: exit 1 with the "
+    "reject summary; the rejects file and report are written either way).",
+)
 @convert_knob_options
 def convert(
     inputs: tuple[Path, ...],
@@ -132,18 +145,21 @@ def convert(
     format_name: str | None,
     mapping: str | None,
     rejects: Path | None,
+    allow_empty: bool,
     **knobs: object,
 ) -> None:
     """Convert INPUT files of any supported format into canonical preference pairs.
 
     Every input row ends up in OUTPUT or in the rejects file with its file, line and reason;
-    the summary table reconciles rows in with rows converted and rejected.
+    the summary table reconciles rows in with rows converted and rejected. A FastChat
+    llm_judge folder (question.jsonl, model_answer/, model_judgment/) is one INPUT.
 
     \b
     Examples:
       orpo-pipeline convert hh.jsonl.gz -o pairs.parquet
       orpo-pipeline convert ultrafeedback.jsonl -o pairs.jsonl --rejected worst --min-margin 1
-      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives other_prompt
+      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives model --yes
+      orpo-pipeline convert data/mt_bench -o pairs.parquet
       orpo-pipeline convert odd.csv -o pairs.parquet \\
           --mapping '{prompt: question, chosen: good, rejected: bad}'
     """
@@ -160,7 +176,7 @@ def convert(
         format=format_name, mapping=load_mapping(mapping) if mapping else None, **given
     )
     result = convert_files(list(inputs), options)
-    written = write_pairs(result, output, rejects_path=rejects)
+    written = write_pairs(result, output, rejects_path=rejects, allow_empty=allow_empty)
     click.echo(format_summary(result))
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")

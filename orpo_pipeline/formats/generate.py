@@ -9,9 +9,10 @@ modification times of its files, so a retrained checkpoint in the same folder mi
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from orpo_pipeline.cache import cache_root
 from orpo_pipeline.formats.options import ConvertOptions
@@ -21,8 +22,37 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def generate_answers(prompts: Sequence[list[MessageDict]], options: ConvertOptions) -> list[str]:
-    """One generated answer per prompt, from the cache where present, else from the model."""
+class GenerationPlan(NamedTuple):
+    """What a generation run will do, known before the model loads."""
+
+    model: str
+    """The resolved model name or path."""
+    to_generate: int
+    """Prompts without a cached answer."""
+    cached: int
+    """Prompts answered from the cache."""
+
+
+class FirstBatch(NamedTuple):
+    """How long the first batch took (it holds the longest prompts), and what is left."""
+
+    seconds: float
+    prompts: int
+    remaining: int
+
+
+def generate_answers(
+    prompts: Sequence[list[MessageDict]],
+    options: ConvertOptions,
+    *,
+    on_plan: Callable[[GenerationPlan], None] | None = None,
+    on_first_batch: Callable[[FirstBatch], None] | None = None,
+) -> list[str]:
+    """One generated answer per prompt, from the cache where present, else from the model.
+
+    `on_plan` hears what will run before the model loads; `on_first_batch` hears the first
+    batch's time once its answers are cached, and may raise to stop the run there.
+    """
     from orpo_pipeline.models import resolve_model
 
     model_name = resolve_model(options.model)
@@ -30,14 +60,21 @@ def generate_answers(prompts: Sequence[list[MessageDict]], options: ConvertOptio
     cached = read_cache(cache_file)
     keys = [prompt_key(prompt) for prompt in prompts]
     missing = {key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in cached}
+    if on_plan is not None:
+        on_plan(GenerationPlan(model_name, len(missing), len(set(keys)) - len(missing)))
     if missing:
         from orpo_pipeline.models import load_model, load_tokenizer
 
         model = load_model(model_name)
         tokenizer = load_tokenizer(model_name)
-        for batch_keys, answers in generate_batches(model, tokenizer, missing, options):
+        started = time.perf_counter()
+        batches = generate_batches(model, tokenizer, missing, options)
+        for index, (batch_keys, answers) in enumerate(batches):
             append_cache(cache_file, dict(zip(batch_keys, answers, strict=True)))
             cached.update(zip(batch_keys, answers, strict=True))
+            if index == 0 and on_first_batch is not None:
+                seconds = time.perf_counter() - started
+                on_first_batch(FirstBatch(seconds, len(batch_keys), len(missing) - len(batch_keys)))
     return [cached[key] for key in keys]
 
 
