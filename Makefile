@@ -68,8 +68,8 @@ bench: setup model ## Run the benchmarks (slow; results in runs/bench)
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-train
-bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow)
-	$(BIN)/python -m benchmarks.bench_train
+bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow; DEVICE=cuda on a GPU)
+	$(BIN)/python -m benchmarks.bench_train --device $(or $(DEVICE),cpu)
 
 .PHONY: clean
 clean: ## Remove the venv, caches and runs

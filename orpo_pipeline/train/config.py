@@ -1,7 +1,7 @@
 """`TrainConfig`: every setting of a training run, any objective (importable without torch)."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,6 +99,18 @@ class TrainConfig(Settings):
     """Autocast dtype; "auto" is bf16 on a CUDA device that supports it and "no" elsewhere."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass: less memory, ~1/3 more compute."""
+    attention: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
+    """Attention kernel; "auto" is FlexAttention (a block mask, no per-shape host planning) on
+    CUDA with `share_prompt`, and the model's own (SDPA) elsewhere."""
+    bucket_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """Pad each batch's width to a multiple of this and its packed rows to a power of two, so
+    shapes repeat and GPU kernels are planned or compiled once per shape; "auto" is 128 on CUDA
+    and none elsewhere (padding costs CPU time and saves nothing there)."""
+    micro_batch_tokens: int | None = Field(default=None, ge=1)
+    """Token-budget batching: a micro-batch holds consecutive pairs up to this many prompt +
+    chosen + rejected tokens instead of `per_device_batch_size` pairs; null: a pair count."""
+    compile: bool = False
+    """`torch.compile` each decoder layer (fewer, fused kernels); the first steps compile."""
     return_freed_memory: bool = False
     """Have glibc hand freed tensor memory back to the OS at once, so the peak RSS stays at the
     live peak instead of growing with heap fragmentation; about 1/3 slower per step on CPU. With
