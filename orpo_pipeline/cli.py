@@ -357,6 +357,60 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
         console.print(result.summary())
 
 
+@cli.command("eval")
+@click.argument("run")
+@click.option(
+    "--against",
+    default=None,
+    metavar="START_MODEL|OTHER_RUN",
+    help="Baseline: a model (default: the run's start model) or another run (directory or id).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="EvalConfig YAML (default: the built-in defaults).",
+)
+@overrides_option
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Directory searched for run ids.",
+)
+def eval_command(
+    run: str,
+    against: str | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    root: Path,
+) -> None:
+    """Judge a training run's model against its start model (or another run); IFEval both.
+
+    Writes the `evaluation` key of the run's manifest.json, the section of its report.html and
+    per-prompt verdicts in <run>/evaluation/.
+
+    \b
+    Example:
+      orpo-pipeline eval runs/train/default-20261124-225251-aba2a762
+      orpo-pipeline eval RUN --against OTHER_RUN --set judge.endpoint=http://127.0.0.1:8000/v1
+    """
+    from orpo_pipeline.config_files import load_overrides
+    from orpo_pipeline.evaluation.config import EvalConfig
+    from orpo_pipeline.evaluation.run import describe_plan, evaluate_run
+    from orpo_pipeline.runs import resolve_run
+
+    config = load_overrides(config_path, EvalConfig, overrides)
+    console.print(describe_plan(config), markup=False)
+    result = evaluate_run(resolve_run(run, root), against=against, config=config, root=root)
+    for note in result["judge_notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for key, value in result["summary"].items():
+        console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
 @cli.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option

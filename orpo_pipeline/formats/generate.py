@@ -134,6 +134,7 @@ def decode_steps(
                 position_ids=positions,
                 cache=past,
                 use_cache=True,
+                logits_to_keep=1,  # the LM head on the last position only, not the whole prompt
             )
             past, logits = out.cache, out.logits[:, -1, :].float()
             if greedy:
