@@ -190,7 +190,10 @@ class LocalLabels:
             input_ids, mask, positions = _left_padded(self.tokenizer, [ids[k] for k in batch])
             with torch.inference_mode():
                 logits = self.model(
-                    input_ids=input_ids, attention_mask=mask, position_ids=positions
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=1,  # the LM head on the answer position only
                 ).logits[:, -1, :]
             logprobs = logits.float().log_softmax(-1)[:, self.label_ids].tolist()
             for k, (a, b) in zip(batch, logprobs, strict=True):
