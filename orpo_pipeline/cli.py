@@ -1,5 +1,6 @@
 """The `orpo-pipeline` command line: parse, call the library, print. No logic lives here."""
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,13 @@ def convert_knob_options(command: Callable) -> Callable:
         kind = field.annotation
         if get_origin(kind) in (UnionType, Union):  # `X | None`: the option type is X
             kind = next(a for a in get_args(kind) if a is not type(None))
+        help_text = (field.description or "").replace("\n", " ")
+        if kind is bool:  # a flag that turns the default off or on
+            flag = f"--{'no-' if field.default else ''}{name.replace('_', '-')}"
+            command = click.option(
+                flag, name, flag_value=not field.default, default=None, help=help_text
+            )(command)
+            continue
         click_type = click.Choice(get_args(kind)) if get_origin(kind) is Literal else kind
         default = f" [default: {field.default}]" if field.default is not None else ""
         command = click.option(
@@ -88,7 +96,7 @@ def convert_knob_options(command: Callable) -> Callable:
             name,
             type=click_type,
             default=None,
-            help=(field.description or "").replace("\n", " ") + default,
+            help=help_text + default,
         )(command)
     return command
 
@@ -129,6 +137,12 @@ def _formats_epilog() -> str:
     default=None,
     help="Where rejected rows go (default: OUTPUT-stem.rejects.*).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Write an empty pair file when nothing converts, and exit 0 (default: exit 1 with the "
+    "reject summary; the rejects file and report are written either way).",
+)
 @convert_knob_options
 def convert(
     inputs: tuple[Path, ...],
@@ -136,18 +150,21 @@ def convert(
     format_name: str | None,
     mapping: str | None,
     rejects: Path | None,
+    allow_empty: bool,
     **knobs: object,
 ) -> None:
     """Convert INPUT files of any supported format into canonical preference pairs.
 
     Every input row ends up in OUTPUT or in the rejects file with its file, line and reason;
-    the summary table reconciles rows in with rows converted and rejected.
+    the summary table reconciles rows in with rows converted and rejected. A FastChat
+    llm_judge folder (question.jsonl, model_answer/, model_judgment/) is one INPUT.
 
     \b
     Examples:
       orpo-pipeline convert hh.jsonl.gz -o pairs.parquet
       orpo-pipeline convert ultrafeedback.jsonl -o pairs.jsonl --rejected worst --min-margin 1
-      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives other_prompt
+      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives model --yes
+      orpo-pipeline convert data/mt_bench -o pairs.parquet
       orpo-pipeline convert odd.csv -o pairs.parquet \\
           --mapping '{prompt: question, chosen: good, rejected: bad}'
     """
@@ -164,7 +181,7 @@ def convert(
         format=format_name, mapping=load_mapping(mapping) if mapping else None, **given
     )
     result = convert_files(list(inputs), options)
-    written = write_pairs(result, output, rejects_path=rejects)
+    written = write_pairs(result, output, rejects_path=rejects, allow_empty=allow_empty)
     click.echo(format_summary(result))
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")
@@ -311,20 +328,31 @@ def report(run_dir: Path) -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option
 def train(config: Path, overrides: tuple[str, ...]) -> None:
-    """Train with ORPO as a config describes; evaluate before and after.
+    """Train as a config describes (any objective), or run a recipe's chain of stages.
+
+    A YAML with `stages:` is a recipe: e.g. SFT, then DPO from the SFT model.
 
     \b
     Example:
       orpo-pipeline train pipelines/train/default.yaml --set max_steps=10
+      orpo-pipeline train pipelines/recipes/sft_dpo.yaml
       accelerate launch -m orpo_pipeline train pipelines/train/default.yaml
     """
     from accelerate import PartialState
 
-    from orpo_pipeline.config_files import load_config
-    from orpo_pipeline.train.config import TrainConfig
     from orpo_pipeline.train.loop import train as run_training
+    from orpo_pipeline.train.recipe import (
+        RecipeConfig,
+        chain_summary,
+        load_recipe_or_config,
+        run_recipe,
+    )
 
-    result = run_training(load_config(config, TrainConfig, overrides))
+    loaded = load_recipe_or_config(config, overrides)
+    if isinstance(loaded, RecipeConfig):
+        console.print(chain_summary(run_recipe(loaded)), markup=False)
+        return
+    result = run_training(loaded)
     if PartialState().is_main_process:  # under accelerate launch every process returns here
         console.print(result.summary())
 
@@ -381,6 +409,27 @@ def eval_command(
         console.print(f"[yellow]note:[/yellow] {note}")
     for key, value in result["summary"].items():
         console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@overrides_option
+def compare(config: Path, overrides: tuple[str, ...]) -> None:
+    """Run objectives side by side (ORPO, SFT->DPO, SFT, ...) and report them at equal compute.
+
+    Writes compare.json and report.html under the comparison directory.
+
+    \b
+    Example:
+      orpo-pipeline compare pipelines/compare/default.yaml --set seeds=[0,1,2]
+    """
+    from orpo_pipeline.config_files import load_config
+    from orpo_pipeline.train.compare import CompareConfig, markdown, run_compare, table
+
+    out = run_compare(load_config(config, CompareConfig, overrides), echo=click.echo)
+    report = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    click.echo(markdown(table(report)))
+    click.echo(f"report: {out / 'report.html'}")
 
 
 @cli.command()
@@ -498,11 +547,10 @@ def runs_show(run: str, root: Path) -> None:
 @runs_root_option
 def runs_diff(run_a: str, run_b: str, root: Path) -> None:
     """Say which inputs, outputs, config keys, code and packages differ between two runs."""
-    from orpo_pipeline.runs import diff_manifests, load_manifest, resolve_run
+    from orpo_pipeline.runs import resolve_run
+    from orpo_pipeline.train.recipe import diff_chains
 
-    changes = diff_manifests(
-        load_manifest(resolve_run(run_a, root)), load_manifest(resolve_run(run_b, root))
-    )
+    changes = diff_chains(resolve_run(run_a, root), resolve_run(run_b, root))
     for section, items in changes.items():
         if not items:
             console.print(f"{section}: same")

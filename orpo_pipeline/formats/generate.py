@@ -18,7 +18,8 @@ the cache is the same, so either engine resumes the other's work.
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -35,6 +36,25 @@ if TYPE_CHECKING:
 
 Engine = Literal["auto", "transformers", "vllm"]
 FinishReason = Literal["stop", "length"]
+
+
+class GenerationPlan(NamedTuple):
+    """What a generation run will do, known before the model loads."""
+
+    model: str
+    """The resolved model name or path."""
+    to_generate: int
+    """Responses without a cached sample."""
+    cached: int
+    """Responses answered from the cache."""
+
+
+class FirstBatch(NamedTuple):
+    """How long the first batch took (it holds the longest prompts), and what is left."""
+
+    seconds: float
+    prompts: int
+    remaining: int
 
 
 class Sampling(BaseModel):
@@ -229,8 +249,14 @@ def sample_responses(
     batch_size: int = 16,
     engine: Engine = "auto",
     cache_dir: Path | None = None,
+    on_plan: Callable[[GenerationPlan], None] | None = None,
+    on_first_batch: Callable[[FirstBatch], None] | None = None,
 ) -> list[list[Sample]]:
-    """`num_samples` responses per prompt, from the cache where present, else generated."""
+    """`num_samples` responses per prompt, from the cache where present, else generated.
+
+    `on_plan` hears what will run before the model loads; `on_first_batch` hears the first
+    batch's time once its samples are cached, and may raise to stop the run there.
+    """
     from orpo_pipeline.models import resolve_model
 
     model_path = resolve_model(model_name)
@@ -239,12 +265,21 @@ def sample_responses(
     done = cache.load()
     by_key = dict(zip(keys, prompts, strict=True))
     missing = [(k, i) for k in by_key for i in range(num_samples) if (k, i) not in done]
+    if on_plan is not None:
+        wanted = len(by_key) * num_samples
+        on_plan(GenerationPlan(model_path, len(missing), wanted - len(missing)))
     if missing:
         use_vllm = engine == "vllm" or (engine == "auto" and vllm_usable())
         run = _generate_vllm if use_vllm else _generate_transformers
-        for jobs, samples in run(model_path, by_key, missing, sampling, batch_size):
+        started = time.perf_counter()
+        for index, (jobs, samples) in enumerate(
+            run(model_path, by_key, missing, sampling, batch_size)
+        ):
             cache.store(jobs, samples)
             done.update(zip(jobs, samples, strict=True))
+            if index == 0 and on_first_batch is not None:
+                seconds = time.perf_counter() - started
+                on_first_batch(FirstBatch(seconds, len(jobs), len(missing) - len(jobs)))
     return [[done[key, index] for index in range(num_samples)] for key in keys]
 
 
@@ -328,7 +363,13 @@ def chat_ids(tokenizer: "PreTrainedTokenizerBase", messages: list[MessageDict]) 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def generate_answers(prompts: Sequence[list[MessageDict]], options: ConvertOptions) -> list[str]:
+def generate_answers(
+    prompts: Sequence[list[MessageDict]],
+    options: ConvertOptions,
+    *,
+    on_plan: Callable[[GenerationPlan], None] | None = None,
+    on_first_batch: Callable[[FirstBatch], None] | None = None,
+) -> list[str]:
     """One generated answer per prompt (the SFT converter's rejected answers), cached."""
     sampling = Sampling(
         max_new_tokens=options.max_new_tokens, temperature=options.temperature, seed=options.seed
@@ -340,6 +381,8 @@ def generate_answers(prompts: Sequence[list[MessageDict]], options: ConvertOptio
         batch_size=options.generation_batch_size,
         engine="transformers",
         cache_dir=options.cache_dir,
+        on_plan=on_plan,
+        on_first_batch=on_first_batch,
     )
     return [sample.text for (sample,) in samples]
 

@@ -14,7 +14,7 @@ from orpo_pipeline.formats.generate import (
     model_sha256,
     sample_responses,
 )
-from tests.formats.conftest import texts
+from tests.formats.conftest import TEST_DATA, texts
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
@@ -194,3 +194,118 @@ def test_sample_responses_cache_is_sharded_and_reused(tiny_model_dir, tmp_path, 
         prompts[::-1], str(tiny_model_dir), sampling, num_samples=3, cache_dir=tmp_path
     )
     assert again == first[::-1]
+
+
+# Issue 13 item 1: generation never starts by surprise.
+
+ALPACA_EVAL_OUTPUTS = TEST_DATA / "alpaca-eval-cut" / "outputs.json"
+
+
+def test_sft_file_without_options_needs_no_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from orpo_pipeline.cli import cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded without --negatives model")
+
+    monkeypatch.setattr(orpo_pipeline.models, "load_model", no_loading)
+    out = tmp_path / "pairs.parquet"
+    done = CliRunner().invoke(cli, ["convert", str(ALPACA_EVAL_OUTPUTS), "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "format          alpaca (sft)" in done.output
+    assert "pairs out       12" in done.output
+    import polars as pl
+
+    assert set(pl.read_parquet(out)["source"]) == {"outputs.json#rejected=other_prompt"}
+
+
+def test_generation_says_what_it_runs_and_how_long(tiny_model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from orpo_pipeline.cli import cli
+
+    args = [
+        "convert",
+        str(ALPACA_EVAL_OUTPUTS),
+        "-o",
+        str(tmp_path / "pairs.parquet"),
+        "--negatives",
+        "model",
+        "--model",
+        str(tiny_model_dir),
+        "--max-new-tokens",
+        "4",
+        "--generation-batch-size",
+        "5",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    assert (
+        f"generating rejected answers with {tiny_model_dir} for 12 prompts (0 cached), "
+        "5 per batch, up to 4 new tokens each" in done.stderr
+    )
+    assert "first batch: 5 prompts in " in done.stderr
+    assert "for the other 7" in done.stderr
+    again = CliRunner().invoke(cli, args)  # all cached: nothing to announce
+    assert again.exit_code == 0, again.output
+    assert "generating" not in again.stderr
+
+
+def tty_convert(tiny_model_dir, tmp_path, monkeypatch, answer: bytes, **knobs):
+    """Convert the AlpacaEval outputs with a model, stdin and stderr on a real terminal."""
+    import os
+    import pty
+    import select
+    import sys
+
+    from orpo_pipeline.formats import ConvertOptions, convert_files, sft
+
+    monkeypatch.setattr(sft, "CONFIRM_OVER_S", 0.0)  # any estimate counts as long
+    leader, follower = pty.openpty()
+    os.write(leader, answer)
+    terminal_in = os.fdopen(os.dup(follower), "r")
+    terminal_out = os.fdopen(follower, "w")
+    monkeypatch.setattr(sys, "stdin", terminal_in)
+    monkeypatch.setattr(sys, "stderr", terminal_out)
+    options = ConvertOptions(
+        negatives="model",
+        model=str(tiny_model_dir),
+        max_new_tokens=4,
+        generation_batch_size=5,
+        cache_dir=tmp_path / "cache",
+        **knobs,
+    )
+    try:
+        return convert_files([ALPACA_EVAL_OUTPUTS], options)
+    finally:
+        terminal_out.flush()
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:  # a pty read returns one chunk
+            shown += os.read(leader, 65536)
+        monkeypatch.undo()
+        terminal_in.close()
+        terminal_out.close()
+        os.close(leader)
+        tty_convert.shown = shown.decode()
+
+
+def test_a_long_estimate_asks_on_a_terminal_and_no_stops(tiny_model_dir, tmp_path, monkeypatch):
+    from orpo_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="generation stopped at your request"):
+        tty_convert(tiny_model_dir, tmp_path, monkeypatch, b"n\n")
+    assert "continue generating? [y/N]" in tty_convert.shown
+    (shard,) = (tmp_path / "cache" / "samples").glob("*/*.jsonl")
+    assert len(shard.read_text().splitlines()) == 5  # the first batch is kept for the rerun
+
+
+def test_yes_answers_the_question(tiny_model_dir, tmp_path, monkeypatch):
+    result = tty_convert(tiny_model_dir, tmp_path, monkeypatch, b"y\n")
+    assert "continue generating?" in tty_convert.shown
+    assert result.rows_in == 12
+    skipped = tty_convert(tiny_model_dir, tmp_path / "other", monkeypatch, b"", yes=True)
+    assert "continue generating?" not in tty_convert.shown
+    assert skipped.rows_in == 12
