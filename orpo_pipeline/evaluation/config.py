@@ -20,6 +20,9 @@ class EvalConfig(BaseModel):
     """Distinct prompts of the run's held-out pairs (`eval_pairs`), taken in file order."""
     benchmarks: dict[Benchmark, int] = {"alpaca_eval": 8, "mt_bench": 4, "arena_hard": 4}
     """Shipped benchmark prompts per set, spread evenly over it (MT-bench: first turns only)."""
+    max_prompt_chars: int | None = Field(default=1500, gt=0)
+    """Judged prompts longer than this (all turns' characters) are passed over, so that a few
+    long conversations do not dominate the cost; null keeps every prompt."""
     num_ifeval_prompts: int = Field(default=16, ge=0)
     """IFEval prompts, spread evenly over the 541; 0 skips IFEval."""
     max_new_tokens: int = Field(default=64, gt=0)

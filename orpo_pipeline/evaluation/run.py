@@ -55,25 +55,38 @@ def parameter_count(model: str) -> int | None:
     return total or None
 
 
-def heldout_prompts(eval_pairs: Path, count: int) -> list[list[MessageDict]]:
-    """The first `count` distinct prompts of a canonical pair file."""
+def fits(prompt: list[MessageDict], max_chars: int | None) -> bool:
+    """Whether a prompt's turns hold at most `max_chars` characters in all (None: any)."""
+    return max_chars is None or sum(len(m["content"]) for m in prompt) <= max_chars
+
+
+def heldout_prompts(
+    eval_pairs: Path, count: int, *, max_chars: int | None = None
+) -> list[list[MessageDict]]:
+    """The first `count` distinct prompts of a canonical pair file (within `max_chars`)."""
     from orpo_pipeline.train.data import read_pairs
 
     seen: dict[str, list[MessageDict]] = {}
     for row in read_pairs(eval_pairs):
-        seen.setdefault(prompt_key(row["prompt"]), row["prompt"])
+        if fits(row["prompt"], max_chars):
+            seen.setdefault(prompt_key(row["prompt"]), row["prompt"])
         if len(seen) == count:
             break
     return list(seen.values())
 
 
-def benchmark_prompts(name: Benchmark, count: int) -> list[list[MessageDict]]:
-    """`count` prompts spread over a shipped benchmark set (MT-bench: first turns only)."""
+def benchmark_prompts(
+    name: Benchmark, count: int, *, max_chars: int | None = None
+) -> list[list[MessageDict]]:
+    """`count` prompts spread over a shipped benchmark set (MT-bench: first turns only), among
+    those within `max_chars`."""
     lines = eval_set_path(name).read_text(encoding="utf-8").split("\n")
     texts = [json.loads(line)["prompt"] for line in lines if line]
     if name == "mt_bench":  # turn 1 and turn 2 of each question alternate
         texts = texts[::2]
-    return [[{"role": "user", "content": texts[i]}] for i in ifeval.spread(len(texts), count)]
+    prompts = [[{"role": "user", "content": t}] for t in texts]
+    prompts = [p for p in prompts if fits(p, max_chars)]
+    return [prompts[i] for i in ifeval.spread(len(prompts), count)]
 
 
 def eval_prompts(
@@ -82,9 +95,13 @@ def eval_prompts(
     """(set name, prompt) of every judged prompt: held-out first, then the benchmarks."""
     prompts = []
     if eval_pairs is not None and config.num_heldout_prompts:
-        prompts += [(HELDOUT, p) for p in heldout_prompts(eval_pairs, config.num_heldout_prompts)]
+        found = heldout_prompts(
+            eval_pairs, config.num_heldout_prompts, max_chars=config.max_prompt_chars
+        )
+        prompts += [(HELDOUT, p) for p in found]
     for name, count in config.benchmarks.items():
-        prompts += [(name, p) for p in benchmark_prompts(name, count)]
+        found = benchmark_prompts(name, count, max_chars=config.max_prompt_chars)
+        prompts += [(name, p) for p in found]
     return prompts
 
 

@@ -172,3 +172,17 @@ def test_bad_configs_are_refused(tmp_path):
         EvalConfig(judge=JudgeConfig(judge="implicit_reward", reference="default"))
     result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--set", "max_new_tokens=0"])
     assert result.exit_code != 0 and "max_new_tokens" in result.output
+
+
+def test_prompts_longer_than_the_limit_are_passed_over(setup):
+    from orpo_pipeline.evaluation.run import benchmark_prompts, heldout_prompts
+
+    every = benchmark_prompts("arena_hard", 1250)
+    short = benchmark_prompts("arena_hard", 4, max_chars=100)
+    assert len(short) == 4 and all(len(p[0]["content"]) <= 100 for p in short)
+    assert all(p in every for p in short) and len(every) == 1250
+    assert len(benchmark_prompts("mt_bench", 500)) == 80  # first turns only
+    pairs = setup["first"].parent.parent / "eval.jsonl"
+    assert heldout_prompts(pairs, 10) == [[{"role": "user", "content": p}] for p in PROMPTS]
+    kept = heldout_prompts(pairs, 10, max_chars=12)
+    assert kept == [[{"role": "user", "content": p}] for p in PROMPTS if len(p) <= 12]
