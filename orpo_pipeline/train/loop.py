@@ -70,6 +70,8 @@ class TrainResult:
     rejects: dict[str, dict[str, int]]
     """Pairs rejected at tokenization, per split and reason."""
     seconds: float
+    evaluation: dict[str, Any] | None = None
+    """`eval_after`'s judged win rate, lengths and IFEval (the manifest's `evaluation`)."""
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -85,6 +87,12 @@ class TrainResult:
                 if key in self.eval_before:
                     before, after = self.eval_before[key], self.eval_after[key]
                     lines.append(f"{name:<22}{before:>10.4f}{after:>10.4f}")
+        if self.evaluation:
+            lines += [f"note: {note}" for note in self.evaluation["judge_notes"]]
+            lines += [
+                f"{key:<32}{value:>10.4f}" if isinstance(value, float) else f"{key:<32}{value:>10}"
+                for key, value in self.evaluation["summary"].items()
+            ]
         lines.append(f"took {self.seconds:.0f} s")
         return "\n".join(lines)
 
@@ -431,7 +439,7 @@ def finish(
         rejects={split: report["rejects"] for split, report in data_report.items()},
         seconds=time.monotonic() - started,
     )
-    run.finish(
+    evaluation = run.finish(
         {
             "objective": run.config.objective,
             "parameters": num_parameters,
@@ -444,7 +452,7 @@ def finish(
             "device": str(accelerator.device),
         }
     )
-    return result
+    return dataclasses.replace(result, evaluation=evaluation)
 
 
 def train(config: TrainConfig) -> TrainResult:
