@@ -1,11 +1,12 @@
 """`train(config)`: any objective on Accelerate; `fit` holds the loop, read top to bottom."""
 
+import contextlib
 import dataclasses
 import functools
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,20 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm import tqdm
-from transformers import get_scheduler
 
 from orpo_pipeline.cache import cache_root
 from orpo_pipeline.errors import DataError
 from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
 from orpo_pipeline.runs import describe_inputs
 from orpo_pipeline.train.config import LoraConfig, TrainConfig
-from orpo_pipeline.train.data import TokenizedPair, TokenizedPairs, read_pairs, tokenize_pairs
+from orpo_pipeline.train.data import (
+    TokenizedPair,
+    TokenizedPairs,
+    prefetch_to_device,
+    read_pairs,
+    token_budget_batches,
+    tokenize_pairs,
+)
 from orpo_pipeline.train.evaluate import evaluate, generate_samples
 from orpo_pipeline.train.memory import return_freed_memory
 from orpo_pipeline.train.objective import LossBatch, Objective
@@ -63,6 +70,8 @@ class TrainResult:
     rejects: dict[str, dict[str, int]]
     """Pairs rejected at tokenization, per split and reason."""
     seconds: float
+    evaluation: dict[str, Any] | None = None
+    """`eval_after`'s judged win rate, lengths and IFEval (the manifest's `evaluation`)."""
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -78,6 +87,12 @@ class TrainResult:
                 if key in self.eval_before:
                     before, after = self.eval_before[key], self.eval_after[key]
                     lines.append(f"{name:<22}{before:>10.4f}{after:>10.4f}")
+        if self.evaluation:
+            lines += [f"note: {note}" for note in self.evaluation["judge_notes"]]
+            lines += [
+                f"{key:<32}{value:>10.4f}" if isinstance(value, float) else f"{key:<32}{value:>10}"
+                for key, value in self.evaluation["summary"].items()
+            ]
         lines.append(f"took {self.seconds:.0f} s")
         return "\n".join(lines)
 
@@ -100,6 +115,58 @@ def step_pairs(step: int, *, num_pairs: int, pairs_per_step: int, seed: int) -> 
         _epoch_order(num_pairs, seed, j // num_pairs)[j % num_pairs]
         for j in range(start, start + pairs_per_step)
     ]
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """Every optimizer step's micro-batches, as pair indices: the same on every process.
+
+    A step takes `batches_per_step` (K accumulation steps × W processes) micro-batches of the one
+    stream of seeded per-epoch shuffles; micro-batch m of process r is entry m·W + r. A
+    micro-batch holds `micro_batch` pairs (`step_pairs`), or with `max_tokens`, consecutive pairs
+    up to that many tokens (`data.token_budget_batches`). The step number alone says where the
+    data stands, so a resume needs nothing else; every step is full, so a last step may run
+    into the next epoch.
+    """
+
+    sizes: Sequence[int]  # tokens of each pair
+    seed: int
+    batches_per_step: int
+    micro_batch: int
+    max_tokens: int | None = None
+    _cut: list[list[int]] = dataclasses.field(default_factory=list)  # token budget, so far
+    _epoch_ends: list[int] = dataclasses.field(default_factory=list)  # len(_cut) after each
+
+    def num_steps(self, num_epochs: float) -> int:
+        """Optimizer steps in `num_epochs` passes, rounded up (by the first epoch's cut)."""
+        if self.max_tokens is None:
+            units, per_step = len(self.sizes), self.micro_batch * self.batches_per_step
+        else:
+            self._cut_until(1)
+            units, per_step = self._epoch_ends[0], self.batches_per_step
+        return math.ceil(num_epochs * units / per_step)
+
+    def __call__(self, step: int) -> list[list[int]]:
+        """The micro-batches of step `step` (0-based), every process's."""
+        if self.max_tokens is None:
+            order = step_pairs(
+                step,
+                num_pairs=len(self.sizes),
+                pairs_per_step=self.micro_batch * self.batches_per_step,
+                seed=self.seed,
+            )
+            return [order[k : k + self.micro_batch] for k in range(0, len(order), self.micro_batch)]
+        end = (step + 1) * self.batches_per_step
+        return self._cut_until(end)[end - self.batches_per_step : end]
+
+    def _cut_until(self, batches: int) -> list[list[int]]:
+        """The token-budget micro-batches, cut epoch by epoch until there are `batches`."""
+        assert self.max_tokens is not None
+        while len(self._cut) < batches:
+            order = _epoch_order(len(self.sizes), self.seed, len(self._epoch_ends))
+            self._cut += token_budget_batches(self.sizes, order, self.max_tokens)
+            self._epoch_ends.append(len(self._cut))
+        return self._cut
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,13 +229,25 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, total_steps: in
         [group for group in groups if group["params"]], lr=config.learning_rate, fused=True
     )
     # Stepped by hand once per optimizer step, so its length is the step count on any world size.
-    scheduler = get_scheduler(
-        config.lr_scheduler,
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        num_warmup_steps=config.warmup_steps,
-        num_training_steps=total_steps,
+        functools.partial(
+            lr_factor, shape=config.lr_scheduler, warmup=config.warmup_steps, total=total_steps
+        ),
     )
     return optimizer, scheduler
+
+
+def lr_factor(step: int, *, shape: str, warmup: int, total: int) -> float:
+    """The learning rate at `step` over its peak: transformers' linear and cosine schedules with
+    linear warmup, without importing `transformers.optimization` (which imports peft: seconds
+    of start-up)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    if shape == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def precompute_reference(
@@ -194,7 +273,14 @@ def precompute_reference(
             if not loaded:
                 model = load_model(name, dtype=torch.float32).to(accelerator.device).eval()
                 loaded.append(
-                    build_policy(model, share_prompt=config.share_prompt, pad_token_id=pad_token_id)
+                    build_policy(
+                        model,
+                        share_prompt=config.share_prompt,
+                        pad_token_id=pad_token_id,
+                        attention=config.attention,
+                        bucket_tokens=config.bucket_tokens,
+                        device_type=accelerator.device.type,
+                    )
                 )
             policy, collate = loaded[0]
             with accelerator.autocast():
@@ -230,8 +316,12 @@ def build_reference(run: Run, policy: Any, tokenizer: Any) -> Reference:
         return AdapterOffReference(accelerator.unwrap_model(policy))
     model = load_model(config.reference_model or config.model, dtype=torch.float32)
     model.requires_grad_(False)
-    frozen, _ = build_policy(
-        model, share_prompt=config.share_prompt, pad_token_id=tokenizer.pad_token_id
+    frozen, _ = build_policy(  # it reads the policy's batches: the same attention kernel
+        model,
+        share_prompt=config.share_prompt,
+        pad_token_id=tokenizer.pad_token_id,
+        attention=config.attention,
+        device_type=accelerator.device.type,
     )
     return FrozenReference(accelerator.prepare_model(frozen, evaluation_mode=True))
 
@@ -253,8 +343,13 @@ def load_splits(run: Run, tokenizer: Any) -> tuple[Split, Split, dict[str, Any]]
     return train_split, eval_split, report
 
 
-def build_model(config: TrainConfig, tokenizer: Any) -> tuple[torch.nn.Module, Collate, int]:
-    """The policy (with LoRA adapters if asked), its collate function and the model's size N."""
+def build_model(
+    config: TrainConfig, tokenizer: Any, device_type: str
+) -> tuple[torch.nn.Module, Collate, int]:
+    """The policy (with LoRA adapters if asked), its collate function and the model's size N.
+
+    Attention kernel, shape buckets and compiled layers follow the config and `device_type`.
+    """
     model = load_model(config.model, dtype=torch.float32)
     num_parameters = sum(p.numel() for p in model.parameters())
     if config.lora is not None:
@@ -265,6 +360,10 @@ def build_model(config: TrainConfig, tokenizer: Any) -> tuple[torch.nn.Module, C
         share_prompt=config.share_prompt,
         pad_token_id=tokenizer.pad_token_id,
         gradient_checkpointing=config.gradient_checkpointing,
+        attention=config.attention,
+        bucket_tokens=config.bucket_tokens,
+        compile_blocks=config.compile,
+        device_type=device_type,
     )
     return policy, collate, num_parameters
 
@@ -340,7 +439,7 @@ def finish(
         rejects={split: report["rejects"] for split, report in data_report.items()},
         seconds=time.monotonic() - started,
     )
-    run.finish(
+    evaluation = run.finish(
         {
             "objective": run.config.objective,
             "parameters": num_parameters,
@@ -353,7 +452,7 @@ def finish(
             "device": str(accelerator.device),
         }
     )
-    return result
+    return dataclasses.replace(result, evaluation=evaluation)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -378,26 +477,26 @@ def train(config: TrainConfig) -> TrainResult:
     train_pairs = train_split.pairs
     if not objective.uses_rejected:  # e.g. sft: the rejected answers are never forwarded
         train_pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, []) for p in train_pairs]
-    world = accelerator.num_processes
-    pairs_per_step = config.per_device_batch_size * config.gradient_accumulation_steps * world
-    total_steps = config.max_steps or math.ceil(
-        config.num_epochs * len(train_pairs) / pairs_per_step
+    plan = StepPlan(
+        [pair.num_tokens for pair in train_pairs],
+        seed=config.seed,
+        batches_per_step=config.gradient_accumulation_steps * accelerator.num_processes,
+        micro_batch=config.per_device_batch_size,
+        max_tokens=config.micro_batch_tokens,
     )
+    total_steps = config.max_steps or plan.num_steps(config.num_epochs)
 
     reference: Reference | None = None
     reference_tokens = 0  # forwarded through the reference model up front, for the FLOP count
     if objective.needs_reference and config.reference == "precomputed":
-        order = functools.partial(
-            step_pairs, num_pairs=len(train_pairs), pairs_per_step=pairs_per_step, seed=config.seed
-        )
-        visited = sorted({i for step in range(total_steps) for i in order(step)})
+        visited = sorted({i for s in range(total_steps) for batch in plan(s) for i in batch})
         splits = {"train": (train_split.pairs, visited)}
         if eval_split.pairs:
             splits["eval"] = (eval_split.pairs, list(range(len(eval_split.pairs))))
         reference = precompute_reference(run, splits, tokenizer.pad_token_id)
         reference_tokens = sum(train_split.pairs[i].num_tokens for i in visited)
 
-    policy, collate, num_parameters = build_model(config, tokenizer)
+    policy, collate, num_parameters = build_model(config, tokenizer, accelerator.device.type)
     optimizer, scheduler = build_optimizer(policy, config, total_steps)
     if accelerator.state.deepspeed_plugin is not None:  # it reads this from a dataloader we lack
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
@@ -418,11 +517,13 @@ def train(config: TrainConfig) -> TrainResult:
         reference=reference,
         pairs=train_pairs,
         collate=collate,
+        plan=plan,
         steps=range(start_step, total_steps),
         meter=Meter(
             num_parameters,
             reference_tokens,
             live_reference=objective.needs_reference and config.reference != "precomputed",
+            sizes=plan.sizes,
         ),
         run_eval=evaluator(
             run,
@@ -449,21 +550,24 @@ def train(config: TrainConfig) -> TrainResult:
 
 @dataclasses.dataclass
 class Meter:
-    """Tokens and FLOPs spent so far, and throughput since the last metrics line.
+    """Pairs, tokens and FLOPs trained so far, and throughput since the last metrics line.
 
     FLOPs ≈ 6N per trained token + 2N per token forwarded through a reference model (Kaplan et
     al. 2020), N = parameters; `reference_tokens` were forwarded up front (precomputed).
+    Throughput is wall time between metrics lines, whose host sync waits for the device's
+    queued work; time spent evaluating and checkpointing (`paused`) is left out.
     """
 
     parameters: int
     reference_tokens: int
     live_reference: bool
     """A reference forward runs with every training step (a frozen model, or LoRA off)."""
+    sizes: Sequence[int]
+    """Tokens of each training pair."""
+    trained_pairs: int = 0
     trained_tokens: int = 0
     """Tokens trained on by every process: a function of the step, so a resume knows it."""
-    interval: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"steps": 0, "seconds": 0.0, "tokens": 0}
-    )
+    interval: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def flops(self) -> float:
@@ -471,26 +575,59 @@ class Meter:
         forwarded = self.reference_tokens + (self.trained_tokens if self.live_reference else 0)
         return float(6 * self.parameters * self.trained_tokens + 2 * self.parameters * forwarded)
 
-    def step(self, *, tokens: int, own_tokens: int, seconds: float) -> None:
-        """Count one optimizer step: `tokens` on all processes, `own_tokens` on this one."""
-        self.trained_tokens += tokens
-        self.interval["steps"] += 1
-        self.interval["seconds"] += seconds
-        self.interval["tokens"] += own_tokens
+    def count(self, indices: list[int]) -> None:
+        """Count the pairs at `indices` as trained."""
+        self.trained_pairs += len(indices)
+        self.trained_tokens += sum(self.sizes[i] for i in indices)
 
-    def drain(self, accelerator: Any) -> dict[str, float]:
-        """The metrics-line fields, and a new throughput interval."""
-        tokens = accelerator.reduce(
-            torch.tensor(float(self.interval["tokens"]), device=accelerator.device)
-        )
+    def restart(self) -> None:
+        """Begin a throughput interval now."""
+        self.interval = {
+            "steps": 0,
+            "tokens": self.trained_tokens,
+            "paused": 0.0,
+            "started": time.perf_counter(),
+        }
+
+    def step(self, indices: list[int]) -> None:
+        """Count one optimizer step of the pairs at `indices` (on all processes)."""
+        self.count(indices)
+        self.interval["steps"] += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the time inside out of the throughput."""
+        started = time.perf_counter()
+        yield
+        self.interval["paused"] += time.perf_counter() - started
+
+    def drain(self) -> dict[str, float]:
+        """The metrics-line fields, and a new throughput interval; call after the line's sync."""
+        interval = self.interval
+        seconds = time.perf_counter() - interval["started"] - interval["paused"]
         fields = {
             "train_tokens": self.trained_tokens,
             "flops": self.flops,
-            "step_seconds": self.interval["seconds"] / self.interval["steps"],
-            "tokens_per_second": float(tokens) / self.interval["seconds"],
+            "step_seconds": seconds / interval["steps"],
+            "tokens_per_second": (self.trained_tokens - interval["tokens"]) / seconds,
         }
-        self.interval = {"steps": 0, "seconds": 0.0, "tokens": 0}
+        self.restart()
         return fields
+
+
+def step_windows(
+    plan: StepPlan,
+    steps: range,
+    pairs: Sequence[TokenizedPair],
+    collate: Collate,
+    *,
+    rank: int,
+    world: int,
+) -> Iterator[tuple[list[Any], list[list[int]]]]:
+    """Each step's collated micro-batches of this process, with every process's pair indices."""
+    for step in steps:
+        batches = plan(step)
+        yield [collate([pairs[i] for i in batch]) for batch in batches[rank::world]], batches
 
 
 def fit(
@@ -503,20 +640,22 @@ def fit(
     reference: Reference | None,
     pairs: list[TokenizedPair],
     collate: Collate,
+    plan: StepPlan,
     steps: range,
     meter: Meter,
     run_eval: Callable[[int, float], None],
 ) -> None:
-    """The optimisation loop over `steps`: log, evaluate and checkpoint on schedule."""
+    """The optimisation loop over `steps`: log, evaluate and checkpoint on schedule.
+
+    Nothing in a step waits for the device: batches are collated and copied one step ahead
+    (pinned and non-blocking on CUDA), counts come from the pair indices on the host, and
+    metrics stay on the device until a metrics line syncs them.
+    """
     config, accelerator = run.config, run.accelerator
-    micro_batch, micro_steps = config.per_device_batch_size, config.gradient_accumulation_steps
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    pairs_per_step = micro_batch * micro_steps * world
     nll_on_prompt, max_grad_norm = config.nll_includes_prompt, config.max_grad_norm
-    order_of = functools.partial(
-        step_pairs, num_pairs=len(pairs), pairs_per_step=pairs_per_step, seed=config.seed
-    )
-    meter.trained_tokens = sum(pairs[i].num_tokens for s in range(steps.start) for i in order_of(s))
+    for step in range(steps.start):  # a resume: count what the steps before trained
+        meter.count([i for batch in plan(step) for i in batch])
     if steps.start == 0:
         run_eval(0, meter.flops)
     sums = torch.zeros(len(objective.sum_names), device=device)  # on device; synced when logged
@@ -524,19 +663,18 @@ def fit(
     progress = tqdm(
         total=steps.stop, initial=steps.start, disable=not run.is_main, desc="train", unit="step"
     )
-    for step in steps:
-        step_started = time.perf_counter()
-        order = order_of(step)
-        starts = [(micro * world + rank) * micro_batch for micro in range(micro_steps)]
-        windows = [order[start : start + micro_batch] for start in starts]  # this process's
-        mine = [i for window in windows for i in window]
-        # NLL tokens in the whole window on all processes: the NLL is one token mean (§6).
-        local_tokens = sum(pairs[i].nll_tokens(nll_on_prompt=nll_on_prompt) for i in mine)
-        window_tokens = accelerator.reduce(torch.tensor(float(local_tokens), device=device))
-        scale = {"nll_tokens": window_tokens / (micro_steps * world), "num_pairs": micro_batch}
+    windows = prefetch_to_device(
+        step_windows(plan, steps, pairs, collate, rank=rank, world=world), device
+    )
+    meter.restart()
+    for step, (window, batches) in zip(steps, windows, strict=True):
+        everyone = [i for batch in batches for i in batch]
+        # The NLL is one token mean and the pairwise loss one pair mean over the whole step on
+        # all processes (§6): each micro-batch's share of both, counted on the host.
+        nll_tokens = sum(pairs[i].nll_tokens(nll_on_prompt=nll_on_prompt) for i in everyone)
+        scale = {"nll_tokens": nll_tokens / len(batches), "num_pairs": len(everyone) / len(batches)}
         learning_rate = scheduler.get_last_lr()[0]
-        for indices in windows:
-            batch = collate([pairs[i] for i in indices]).to(device)
+        for batch, indices in zip(window, batches[rank::world], strict=True):
             with accelerator.accumulate(policy):
                 logps = policy(batch, nll_on_prompt=nll_on_prompt)
                 ref = reference(batch, indices, "train") if reference is not None else None
@@ -548,29 +686,31 @@ def fit(
                 optimizer.zero_grad()
             sums += out.sums
         scheduler.step()
-        meter.step(
-            tokens=sum(pairs[i].num_tokens for i in order),
-            own_tokens=sum(pairs[i].num_tokens for i in mine),
-            seconds=time.perf_counter() - step_started,
-        )
+        meter.step(everyone)
         done = step + 1
         progress.update()
-        if done % config.log_every_steps == 0 or done == steps.stop:
-            record = {
+        if done == steps.stop or _every(done, config.log_every_steps):
+            record = {  # the loop's only host syncs: reduce(sums).tolist() and the grad norm
                 "step": done,
-                "epoch": done * pairs_per_step / len(pairs),
+                "epoch": meter.trained_pairs / len(pairs),
                 "learning_rate": learning_rate,
                 **objective.metrics(accelerator.reduce(sums).tolist()),
                 **({"grad_norm": float(grad_norm)} if grad_norm is not None else {}),
-                **meter.drain(accelerator),
+                **meter.drain(),  # after the sync: the device's queued work is in the time
             }
             run.log(record)
             progress.set_postfix(
                 loss=f"{record['loss']:.4f}", tokens_s=f"{record['tokens_per_second']:.0f}"
             )
             sums.zero_()
-        if done == steps.stop or (config.eval_every_steps and done % config.eval_every_steps == 0):
-            run_eval(done, meter.flops)
-        if done < steps.stop and config.save_every_steps and done % config.save_every_steps == 0:
-            run.save_checkpoint(done)
+        with meter.paused():  # evaluation and checkpoints are not training time
+            if done == steps.stop or _every(done, config.eval_every_steps):
+                run_eval(done, meter.flops)
+            if done < steps.stop and _every(done, config.save_every_steps):
+                run.save_checkpoint(done)
     progress.close()
+
+
+def _every(step: int, interval: int | None) -> bool:
+    """Whether something done every `interval` steps (None: never) is due after `step`."""
+    return bool(interval) and step % interval == 0

@@ -75,7 +75,7 @@ def policy_sums(logps: PairLogps) -> torch.Tensor:
     chosen, rejected = logps.chosen.detach().float(), logps.rejected.detach().float()
     return torch.stack(
         [
-            torch.tensor(float(chosen.shape[0]), device=chosen.device),
+            chosen.new_full((), float(chosen.shape[0])),  # a fill kernel: no host-to-device copy
             (chosen * logps.chosen_tokens).sum(),
             logps.chosen_tokens.sum().float(),
             logps.rejected_tokens.sum().float(),

@@ -57,8 +57,10 @@ class PrecomputedReference:
 
     def __call__(self, batch: Any, indices: Sequence[int], split: str) -> PairLogps:
         """The stored log-probs of the pairs at `indices`."""
-        rows = self.tables[split][list(indices)]  # (B, 4)
+        rows = self.tables[split][list(indices)]  # (B, 4), on the host
         device = batch.input_ids.device
+        if device.type == "cuda":  # from page-locked memory: the host does not wait for the copy
+            rows = rows.pin_memory().to(device, non_blocking=True)
         chosen, rejected, chosen_tokens, rejected_tokens = rows.T.to(device)
         zero = torch.zeros((), device=device)
         return PairLogps(

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import click
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
@@ -291,10 +292,11 @@ class Run:
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         return [record for record in map(json.loads, lines) if "eval_loss" in record]
 
-    def finish(self, extra: dict[str, Any]) -> None:
-        """Write `manifest.json` and `report.html` (main process)."""
+    def finish(self, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """Write `manifest.json` and `report.html`, then run `eval_after` (main process); return
+        the evaluation, if any."""
         if not self.is_main:
-            return
+            return None
         config = self.config
         write_manifest(
             self.dir,
@@ -312,3 +314,9 @@ class Run:
             },
         )
         write_report(self.dir)
+        if config.eval_after is None:
+            return None
+        from orpo_pipeline.evaluation.run import describe_plan, evaluate_run
+
+        click.echo(describe_plan(config.eval_after), err=True)
+        return evaluate_run(self.dir, config=config.eval_after)
