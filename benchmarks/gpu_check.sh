@@ -6,7 +6,8 @@
 #
 # `prepare` fills .whl/ (git-ignored, about 50 MiB): the cp312 manylinux wheels the offline
 # machine lacks (polars, pydantic, datasets, trl, transformers 5.24 and their missing
-# dependencies; never torch), re-zipped with LZMA; SmolLM2-135M-Instruct's config and tokenizer
+# dependencies; never torch), re-zipped with LZMA (the tree and .whl/ must stay under 64 MiB
+# together: about 12 MiB of repo, 49 MiB of wheels, 1 MiB of tokenizer and pairs); SmolLM2-135M-Instruct's config and tokenizer
 # (no weights: the benchmark builds the 135M and 1.7B shapes with seeded random weights); and the
 # default recipe's train pairs. `run` installs the wheels into a private directory, runs the
 # `gpu`-marked tests, the CUDA benchmark (ours vs TRL 1.16, bf16 autocast, batch 8 and a 16k-token
@@ -30,18 +31,18 @@ import sys
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-ON_MACHINE = {  # installed on the GPU machine (gpu-device.md) with their own dependencies
+ON_MACHINE = {  # in the GPU machine's image (device KINDS.md, gpu-device.md), with their needs;
+    # huggingface-hub there is 1.33, inside transformers 5.24's and datasets' range (>= 1.31)
     "torch", "numpy", "pyarrow", "accelerate", "peft", "tokenizers", "safetensors", "pytest",
     "rich", "pyyaml", "click", "tqdm", "filelock", "jinja2", "markupsafe", "networkx", "sympy",
     "mpmath", "typing-extensions", "packaging", "regex", "psutil", "pygments", "markdown-it-py",
-    "mdurl", "setuptools",
+    "mdurl", "setuptools", "pandas", "python-dateutil", "huggingface-hub", "xxhash", "typer",
 }
-OFFLINE = {"hf-xet", "typer", "shellingham", "annotated-doc"}  # hub transfers and the hf CLI only
 environment = default_environment() | {"python_version": "3.12", "extra": ""}
-pins, todo = {}, ["polars", "pydantic", "datasets", "trl", "transformers", "huggingface-hub"]
+pins, todo = {}, ["polars", "pydantic", "datasets", "trl", "transformers"]
 while todo:
     name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-    if name in pins or name in ON_MACHINE | OFFLINE:
+    if name in pins or name in ON_MACHINE:
         continue
     dist = metadata.distribution(name)
     pins[name] = dist.version
@@ -55,25 +56,12 @@ EOF
     "$venv" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         --platform manylinux2014_x86_64 -d "$CARRY/wheels" -r "$CARRY/wheels.txt"
-    # Same members, LZMA-compressed (preset 9: a 64 MiB dictionary): still valid wheels for
-    # `pip install --no-index --target`.
+    # Same members, LZMA-compressed: still valid wheels for `pip install --no-index --target`.
     "$venv" - "$CARRY/wheels" <<'EOF'
-import lzma
 import pathlib
-import struct
 import sys
 import zipfile
 
-
-class StrongLZMA(zipfile.LZMACompressor):
-    def _init(self):
-        props = lzma._encode_filter_properties({"id": lzma.FILTER_LZMA1, "preset": 9})
-        filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]
-        self._comp = lzma.LZMACompressor(lzma.FORMAT_RAW, filters=filters)
-        return struct.pack("<BBH", 9, 4, len(props)) + props
-
-
-zipfile.LZMACompressor = StrongLZMA
 for wheel in pathlib.Path(sys.argv[1]).glob("*.whl"):
     packed = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(packed, "w", zipfile.ZIP_LZMA) as out:
