@@ -4,6 +4,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from orpo_pipeline import __version__
 from orpo_pipeline.errors import OrpoPipelineError
+
+if TYPE_CHECKING:
+    from orpo_pipeline.pipeline import PipelineReport
 
 console = Console()
 overrides_option = click.option(
@@ -196,7 +200,10 @@ def data(recipe: Path, overrides: tuple[str, ...]) -> None:
     from orpo_pipeline.config_files import load_config
     from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
 
-    report = run_pipeline(load_config(recipe, PipelineSpec, overrides))
+    _print_report(run_pipeline(load_config(recipe, PipelineSpec, overrides)))
+
+
+def _print_report(report: "PipelineReport") -> None:
     table = Table(title=f"data: {report.name}")
     for column in ("stage", "rows in", "rows out", "rejected (by reason)", "seconds"):
         table.add_column(column)
@@ -207,6 +214,98 @@ def data(recipe: Path, overrides: tuple[str, ...]) -> None:
     console.print(table)
     outputs = ", ".join(f"{name} ({rows} pairs)" for name, rows in report.outputs.items())
     console.print(f"wrote {outputs} and datacard.html to {report.output_dir}")
+
+
+@cli.command()
+@click.argument(
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    metavar="INPUT...",
+)
+@click.option("-o", "--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "format_name", default=None, help="Input format (detected if omitted).")
+@click.option("--model", default="default", show_default=True, help="Policy that samples.")
+@click.option("--num-samples", default=4, show_default=True, type=click.IntRange(1, 16))
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--judge",
+    "judge_kind",
+    default="llm_judge",
+    show_default=True,
+    type=click.Choice(["llm_judge", "reward_model", "implicit_reward"]),
+)
+@click.option("--judge-model", default="default", show_default=True, help="Judge, RM or policy.")
+@click.option("--reference", default=None, help="implicit_reward: the reference model.")
+@click.option("--endpoint", default=None, help="llm_judge: OpenAI-compatible base URL.")
+@click.option(
+    "--rule",
+    default="best_vs_worst",
+    show_default=True,
+    type=click.Choice(["best_vs_worst", "best_vs_random", "all_above_margin"]),
+)
+@click.option("--min-margin", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--keep-given", is_flag=True, help="Judge the inputs' own answers too.")
+def label(
+    inputs: tuple[Path, ...], output_dir: Path, format_name: str | None, **knobs: Any
+) -> None:
+    """Sample answers to the prompts of INPUT, judge them and write preference pairs.
+
+    The one-command form of the sample, judge and binarize stages (see pipelines/rlaif.yaml for
+    the full recipe with dedupe, filter and split).
+
+    \b
+    Examples:
+      orpo-pipeline label data/hh-rlhf-harmless-base/test.jsonl.gz -o runs/data/labelled
+      orpo-pipeline label sft.jsonl -o out --judge reward_model --judge-model ./my-rm
+      orpo-pipeline label pairs.jsonl -o out --keep-given --endpoint http://127.0.0.1:8000/v1
+    """
+    from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
+
+    sample = {"stage": "sample", "keep_given": knobs["keep_given"], "model": knobs["model"]}
+    sample |= {k: knobs[k] for k in ("num_samples", "max_new_tokens", "temperature")}
+    judge = {"stage": "judge", "judge": knobs["judge_kind"], "model": knobs["judge_model"]}
+    judge |= {k: knobs[k] for k in ("reference", "endpoint") if knobs[k] is not None}
+    binarize = {"stage": "binarize", "rule": knobs["rule"], "min_margin": knobs["min_margin"]}
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "label",
+            "source": {"inputs": list(inputs), "format": format_name},
+            "stages": [sample, judge, binarize],
+            "output_dir": output_dir,
+        }
+    )
+    _print_report(run_pipeline(spec))
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--name", default=None, help="Model name clients send (default: MODEL).")
+@click.option(
+    "--api-key",
+    envvar="ORPO_PIPELINE_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' (or set ORPO_PIPELINE_API_KEY).",
+)
+def serve(model_name: str, host: str, port: int, name: str | None, api_key: str | None) -> None:
+    """Serve MODEL as an OpenAI-compatible chat-completions API (logprobs, streaming).
+
+    MODEL is `default`, a local checkpoint (a training run's final/) or an HF hub id.
+
+    \b
+    Example:
+      orpo-pipeline serve runs/train/<run>/final --port 8000
+      curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "runs/train/<run>/final", "messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    from orpo_pipeline.serve import serve as run_server
+
+    click.echo(f"serving {model_name} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    run_server(model_name, host=host, port=port, name=name, api_key=api_key)
 
 
 @cli.command()
@@ -258,6 +357,60 @@ def train(config: Path, overrides: tuple[str, ...]) -> None:
         console.print(result.summary())
 
 
+@cli.command("eval")
+@click.argument("run")
+@click.option(
+    "--against",
+    default=None,
+    metavar="START_MODEL|OTHER_RUN",
+    help="Baseline: a model (default: the run's start model) or another run (directory or id).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="EvalConfig YAML (default: the built-in defaults).",
+)
+@overrides_option
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Directory searched for run ids.",
+)
+def eval_command(
+    run: str,
+    against: str | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    root: Path,
+) -> None:
+    """Judge a training run's model against its start model (or another run); IFEval both.
+
+    Writes the `evaluation` key of the run's manifest.json, the section of its report.html and
+    per-prompt verdicts in <run>/evaluation/.
+
+    \b
+    Example:
+      orpo-pipeline eval runs/train/default-20261124-225251-aba2a762
+      orpo-pipeline eval RUN --against OTHER_RUN --set judge.endpoint=http://127.0.0.1:8000/v1
+    """
+    from orpo_pipeline.config_files import load_overrides
+    from orpo_pipeline.evaluation.config import EvalConfig
+    from orpo_pipeline.evaluation.run import describe_plan, evaluate_run
+    from orpo_pipeline.runs import resolve_run
+
+    config = load_overrides(config_path, EvalConfig, overrides)
+    console.print(describe_plan(config), markup=False)
+    result = evaluate_run(resolve_run(run, root), against=against, config=config, root=root)
+    for note in result["judge_notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for key, value in result["summary"].items():
+        console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
 @cli.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option
@@ -306,7 +459,7 @@ def generate(
     Example:
       orpo-pipeline generate runs/train/default-20261124-120000-1a2b3c4d/final "Hi!"
     """
-    from orpo_pipeline.generation import generate_replies
+    from orpo_pipeline.formats.generate import Sampling, generate_replies
     from orpo_pipeline.models import load_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
@@ -314,9 +467,8 @@ def generate(
     turns = [prompt] if prompt is not None else iter(lambda: click.prompt("you", default=""), "")
     for turn in turns:
         history.append({"role": "user", "content": turn})
-        (reply,) = generate_replies(
-            model, tokenizer, [history], max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+        (reply,) = generate_replies(model, tokenizer, [history], sampling)
         history.append({"role": "assistant", "content": reply})
         click.echo(reply if prompt is not None else f"model: {reply}")
 

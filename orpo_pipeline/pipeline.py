@@ -312,7 +312,30 @@ def write_run_data_card(run_dir: Path) -> tuple[Path, Path]:
     spec = PipelineSpec.model_validate(yaml.safe_load((run_dir / "spec.yaml").read_text()))
     rejects = {p.stem: read_reject_labels(p) for p in sorted((run_dir / "rejects").glob("*.jsonl"))}
     pairs = pl.concat([_scan(run_dir / name) for name in report["outputs"]])
-    return write_data_card(run_dir, report, pairs, rejects, tokenizer=_card_tokenizer(spec))
+    return write_data_card(
+        run_dir,
+        report,
+        pairs,
+        rejects,
+        tokenizer=_card_tokenizer(spec),
+        judgments=read_judgments(run_dir, report),
+    )
+
+
+def read_judgments(run_dir: Path, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `judgment` of every output pair and of every row rejected from `binarize` on."""
+    names = [s["stage"] for s in report["stages"]]
+    if "binarize" not in names:
+        return []
+    first = names.index("binarize")
+    judgments = []
+    for name in report["outputs"]:
+        judgments += _scan(run_dir / name).select("judgment").collect()["judgment"].to_list()
+    for index in range(first, len(names)):
+        path = run_dir / "rejects" / f"{index:02d}_{names[index]}.jsonl"
+        with path.open(encoding="utf-8") as lines:
+            judgments += [json.loads(line)["judgment"] for line in lines]
+    return judgments
 
 
 def write_report(run_dir: Path) -> list[Path]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from orpo_pipeline.evaluation.config import EvalConfig
 from orpo_pipeline.formats import ConvertOptions, FieldMapping
 from orpo_pipeline.io import write_text
 from orpo_pipeline.pipeline import PipelineSpec
@@ -25,6 +26,7 @@ def schema_models() -> dict[str, type[BaseModel]]:
     models["train_config.schema.json"] = TrainConfig
     models["recipe.schema.json"] = RecipeConfig
     models["compare_config.schema.json"] = CompareConfig
+    models["eval_config.schema.json"] = EvalConfig
     return models
 
 

@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orpo_pipeline.evaluation.config import EvalAfter
+
 Tracker = Literal["jsonl", "tensorboard", "mlflow"]
 ObjectiveName = Literal["orpo", "sft", "dpo", "simpo", "cpo"]
 
@@ -142,6 +144,9 @@ class TrainConfig(Settings):
     """Train LoRA adapters instead of all weights."""
     trackers: list[Tracker] = ["jsonl"]
     """Metric sinks: jsonl (always), tensorboard (<run>/tensorboard/), mlflow (<run>/mlflow.db)."""
+    eval_after: EvalAfter = None
+    """After training, judge the final model against the start model and score IFEval: `true`
+    (the defaults), false/null (off), or an evaluation config (`orpo-pipeline eval`)."""
 
     @property
     def nll_includes_prompt(self) -> bool:

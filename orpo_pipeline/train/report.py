@@ -9,7 +9,9 @@ import json
 import math
 from pathlib import Path
 
+from orpo_pipeline.evaluation.report import render_evaluation
 from orpo_pipeline.io import write_text
+from orpo_pipeline.runs import load_manifest
 
 SUMMARY_METRICS = (
     "rewards/accuracies",
@@ -155,6 +157,10 @@ def write_report(run_dir: Path) -> Path:
         title=f"Training run {run_dir.name}",
         config_yaml=(run_dir / "config.yaml").read_text(encoding="utf-8"),
     )
+    manifest = run_dir / "manifest.json"  # written after the first report of a run
+    evaluation = load_manifest(run_dir).get("evaluation") if manifest.exists() else None
+    if evaluation:  # `orpo-pipeline eval` added it; a re-render keeps it
+        page = page.replace("</body>", render_evaluation(evaluation) + "</body>", 1)
     path = run_dir / "report.html"
     write_text(page, path)
     return path

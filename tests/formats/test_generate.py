@@ -1,10 +1,19 @@
+import shutil
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import orpo_pipeline.models
-from orpo_pipeline.formats.generate import cache_path, model_fingerprint
+from orpo_pipeline.formats.generate import (
+    SampleCache,
+    Sampling,
+    chat_ids,
+    decode,
+    model_sha256,
+    sample_responses,
+)
 from tests.formats.conftest import TEST_DATA, texts
 
 CHAT_TEMPLATE = (
@@ -117,14 +126,74 @@ def test_model_negatives_are_generated_in_batches_and_cached(
 
 
 def test_cache_key_follows_model_files_and_settings(tiny_model_dir, tmp_path):
-    from orpo_pipeline.formats import ConvertOptions
+    digest = model_sha256(str(tiny_model_dir))
+    base = SampleCache(tmp_path, digest, Sampling())
+    assert SampleCache(tmp_path, digest, Sampling()).directory == base.directory
+    changed = Sampling(max_new_tokens=7)
+    assert SampleCache(tmp_path, digest, changed).directory != base.directory
+    assert model_sha256("some/hub-id") != digest
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert model_sha256(str(copy)) == digest  # content, not path or mtime
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert model_sha256(str(copy)) != digest
 
-    base = ConvertOptions(cache_dir=tmp_path)
-    path = cache_path(str(tiny_model_dir), base)
-    assert cache_path(str(tiny_model_dir), base) == path
-    assert cache_path(str(tiny_model_dir), base.model_copy(update={"max_new_tokens": 7})) != path
-    assert cache_path("some/hub-id", base) != path
-    assert model_fingerprint("some/hub-id") == ["some/hub-id"]
+
+def _loaded(folder):
+    from orpo_pipeline.models import load_model, load_tokenizer
+
+    return load_model(str(folder)), load_tokenizer(str(folder))
+
+
+def test_greedy_decoding_equals_transformers_generate(tiny_model_dir):
+    model, tokenizer = _loaded(tiny_model_dir)
+    prompts = [[{"role": "user", "content": r["instruction"]}] for r in ROWS]
+    ids = [chat_ids(tokenizer, p) for p in prompts]
+    ours = decode(model, tokenizer, ids, Sampling(max_new_tokens=8), seeds=[0, 0, 0])
+    for row, sample in zip(ids, ours, strict=True):
+        out = model.generate(
+            torch.tensor([row]), max_new_tokens=8, do_sample=False, pad_token_id=0
+        )[0, len(row) :].tolist()
+        eos = tokenizer.eos_token_id
+        expected = out[: out.index(eos)] if eos in out else out
+        assert sample.num_tokens == len(expected)
+        assert sample.text == tokenizer.decode(expected, skip_special_tokens=True).strip()
+        assert sample.finish_reason == ("stop" if eos in out else "length")
+
+
+def test_sampling_is_seeded_per_row_not_per_batch(tiny_model_dir):
+    model, tokenizer = _loaded(tiny_model_dir)
+    ids = [chat_ids(tokenizer, [{"role": "user", "content": r["instruction"]}]) for r in ROWS]
+    sampling = Sampling(max_new_tokens=10, temperature=1.5, top_p=0.95, seed=3)
+    together = decode(model, tokenizer, ids, sampling, seeds=[11, 12, 13])
+    torch.manual_seed(999)  # the global RNG plays no part
+    alone = [
+        decode(model, tokenizer, [i], sampling, seeds=[s])[0]
+        for i, s in zip(ids, [11, 12, 13], strict=True)
+    ]
+    assert together == alone
+    reseeded = decode(model, tokenizer, ids, sampling, seeds=[21, 22, 23])
+    assert reseeded != together
+
+
+def test_sample_responses_cache_is_sharded_and_reused(tiny_model_dir, tmp_path, monkeypatch):
+    prompts = [[{"role": "user", "content": r["instruction"]}] for r in ROWS]
+    sampling = Sampling(max_new_tokens=6, temperature=1.0, seed=1)
+    first = sample_responses(
+        prompts, str(tiny_model_dir), sampling, num_samples=3, batch_size=4, cache_dir=tmp_path
+    )
+    assert [len(r) for r in first] == [3, 3, 3]
+    assert len(list(tmp_path.glob("samples/*/*.jsonl"))) == 3  # 9 jobs in batches of 4
+    assert not list(tmp_path.glob("samples/*/.*"))  # no temp files left
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded although every response is cached")
+
+    monkeypatch.setattr(orpo_pipeline.models, "load_model", no_loading)
+    again = sample_responses(
+        prompts[::-1], str(tiny_model_dir), sampling, num_samples=3, cache_dir=tmp_path
+    )
+    assert again == first[::-1]
 
 
 # Issue 13 item 1: generation never starts by surprise.
@@ -225,13 +294,12 @@ def tty_convert(tiny_model_dir, tmp_path, monkeypatch, answer: bytes, **knobs):
 
 def test_a_long_estimate_asks_on_a_terminal_and_no_stops(tiny_model_dir, tmp_path, monkeypatch):
     from orpo_pipeline.errors import ConfigError
-    from orpo_pipeline.formats.generate import read_cache
 
     with pytest.raises(ConfigError, match="generation stopped at your request"):
         tty_convert(tiny_model_dir, tmp_path, monkeypatch, b"n\n")
     assert "continue generating? [y/N]" in tty_convert.shown
-    (cache_file,) = (tmp_path / "cache" / "generations").iterdir()
-    assert len(read_cache(cache_file)) == 5  # the first batch is kept for the rerun
+    (shard,) = (tmp_path / "cache" / "samples").glob("*/*.jsonl")
+    assert len(shard.read_text().splitlines()) == 5  # the first batch is kept for the rerun
 
 
 def test_yes_answers_the_question(tiny_model_dir, tmp_path, monkeypatch):
