@@ -64,6 +64,24 @@ def test_attention_setting_reaches_the_policy(make_config):
         train(make_config(max_steps=1, attention="flex_attention", eval_pairs=None))
 
 
+def test_compile_setting_compiles_the_layers_and_trains_as_eager(make_config, monkeypatch):
+    """`compile: true` in train() (traced with the `aot_eager` backend: no C++ build)."""
+    compiled = []
+    compile_module = torch.nn.Module.compile
+
+    def compile_aot_eager(self):
+        compiled.append(type(self).__name__)
+        compile_module(self, backend="aot_eager")
+
+    eager = metric_lines(train(make_config(eval_pairs=None)).run_dir)
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_aot_eager)
+    lines = metric_lines(train(make_config(compile=True, eval_pairs=None)).run_dir)
+    assert compiled == ["LlamaDecoderLayer"] * 2
+    assert [line["loss"] for line in lines] == pytest.approx(
+        [line["loss"] for line in eager], rel=1e-5
+    )
+
+
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_token_budget_steps_train_every_pair_once_per_epoch(make_config, prefetched, accumulation):
     config = make_config(
