@@ -29,12 +29,13 @@ from orpo_pipeline.datacard import write_data_card
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.convert import ROW_PAIRERS
-from orpo_pipeline.io import ParquetAppender, atomic_path, polars_io_errors, write_text
+from orpo_pipeline.io import scan_frame, write_frames, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
-from orpo_pipeline.stages.filter import FilterConfig, counting_tokenizer
+from orpo_pipeline.stages.filter import FilterConfig
 from orpo_pipeline.stages.split import SPLIT
+from orpo_pipeline.tokens import counting_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -90,9 +91,6 @@ class PipelineReport(BaseModel):
     outputs: dict[str, int]
     """Output file name -> rows."""
     output_dir: Path
-
-
-REJECT_LABELS = ("reason", "source", "_eval_set", "_cluster")
 
 
 def _source_shards(source: SourceConfig) -> Iterator[Shard]:
@@ -156,45 +154,21 @@ def _stage_shards(parent: Path, stage: BaseModel, shard_rows: int) -> Iterator[S
         yield _split_tagged(frame.join(part, on=ROW, how="left", maintain_order="left"))
 
 
-def _write_frames(frames: Iterable[pl.DataFrame], path: Path) -> int:
-    """Write frames one after another into one Parquet or JSONL file (by extension), atomically;
-    return the rows written. Only one frame is in memory at a time."""
-    rows = 0
-    with atomic_path(path) as temp, polars_io_errors(path):
-        if path.suffix == ".parquet":
-            appender = ParquetAppender(temp)
-            try:
-                for frame in frames:
-                    appender.write(frame)
-                    rows += frame.height
-            finally:
-                appender.close()
-        else:
-            with temp.open("wb") as handle:
-                for frame in frames:
-                    frame.write_ndjson(handle)
-                    rows += frame.height
-    return rows
-
-
-def _scan(path: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_ndjson(path)
-
-
-def read_reject_labels(path: Path) -> pl.DataFrame:
-    """The columns of a rejects JSONL file that the data card counts (`reason`, and `source`,
-    `_eval_set`, `_cluster` where present), read 64 MiB at a time so memory stays bounded.
+def read_reject_labels(path: Path, labels: Iterable[str] = ()) -> pl.DataFrame:
+    """The columns of a rejects JSONL file that the data card counts (`reason`, `source` and the
+    given label columns, where present), read 64 MiB at a time so memory stays bounded.
 
     An empty file (a stage that rejected nothing) gives an empty frame: Polars itself cannot read
     an empty JSONL file.
     """
+    wanted = ("reason", "source", *labels)
     frames = []
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 26):
             chunk += handle.readline()  # up to the end of the line cut in two
             frame = pl.read_ndjson(io.BytesIO(chunk))
-            labels = [c for c in REJECT_LABELS if c in frame.columns]
-            frames.append(frame.select(pl.col(labels).cast(pl.String)))
+            present = [c for c in wanted if c in frame.columns]
+            frames.append(frame.select(pl.col(present).cast(pl.String)))
     if not frames:
         return pl.DataFrame(schema={"reason": pl.String})
     return pl.concat(frames, how="diagonal")
@@ -274,7 +248,7 @@ def _run_steps(
         name = "convert" if is_source else step.stage
         rejected = pl.scan_parquet(output.rejected)
         shards = (shard.collect() for _, shard in _slices(output.rejected, spec.shard_rows))
-        _write_frames(shards, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
+        write_frames(shards, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
         reports.append(
             StageReport(
                 stage=name,
@@ -301,7 +275,7 @@ def _run_steps(
         shards = (shard.collect() for _, shard in _slices(previous.kept, spec.shard_rows))
         parts = (s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in shards)
         file_name = f"{name}.{spec.output_format}"
-        outputs[file_name] = _write_frames((p.select(public) for p in parts), out_dir / file_name)
+        outputs[file_name] = write_frames((p.select(public) for p in parts), out_dir / file_name)
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 
@@ -310,9 +284,15 @@ def write_run_data_card(run_dir: Path) -> tuple[Path, Path]:
     """Regenerate `datacard.html` and `datacard.md` of a data run from the files it wrote."""
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     spec = PipelineSpec.model_validate(yaml.safe_load((run_dir / "spec.yaml").read_text()))
-    rejects = {p.stem: read_reject_labels(p) for p in sorted((run_dir / "rejects").glob("*.jsonl"))}
-    pairs = pl.concat([_scan(run_dir / name) for name in report["outputs"]])
-    return write_data_card(run_dir, report, pairs, rejects, tokenizer=_card_tokenizer(spec))
+    labels = {f"{i:02d}_{s.stage}": s.reject_labels for i, s in enumerate(spec.stages, start=1)}
+    rejects = {
+        p.stem: read_reject_labels(p, labels.get(p.stem, {}).values())
+        for p in sorted((run_dir / "rejects").glob("*.jsonl"))
+    }
+    pairs = pl.concat([scan_frame(run_dir / name) for name in report["outputs"]])
+    return write_data_card(
+        run_dir, report, pairs, rejects, labels=labels, tokenizer=_card_tokenizer(spec)
+    )
 
 
 def write_report(run_dir: Path) -> list[Path]:

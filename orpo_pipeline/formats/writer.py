@@ -3,14 +3,12 @@
 import json
 from pathlib import Path
 
-import polars as pl
-
 from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.convert import ConversionResult
-from orpo_pipeline.io import atomic_path, polars_io_errors, sha256_file, write_text
+from orpo_pipeline.io import FRAME_SUFFIXES, sha256_file, write_frame, write_text
 from orpo_pipeline.records import PAIR_SCHEMA
 
-OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+OUTPUT_SUFFIXES = FRAME_SUFFIXES
 PARQUET_METADATA_KEY = "orpo_pipeline.conversion"
 
 
@@ -53,9 +51,9 @@ def write_pairs(
     report = conversion_report(result, paths)
     pairs = result.pairs.select(PAIR_SCHEMA.names())
     provenance = result.pairs.select("id", file="_file", line="_line")
-    _write_frame(pairs, out, metadata={PARQUET_METADATA_KEY: json.dumps(report["conversion"])})
-    _write_frame(result.rejects, paths["rejects"])
-    _write_frame(provenance, paths["provenance"])
+    write_frame(pairs, out, metadata={PARQUET_METADATA_KEY: json.dumps(report["conversion"])})
+    write_frame(result.rejects, paths["rejects"])
+    write_frame(provenance, paths["provenance"])
     write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", paths["report"])
     return paths
 
@@ -82,16 +80,6 @@ def conversion_report(result: ConversionResult, paths: dict[str, Path]) -> dict:
         "pairs_dropped_by_reason": result.pairs_dropped,
         "files": {role: str(path) for role, path in paths.items()},
     }
-
-
-def _write_frame(
-    frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None
-) -> None:
-    with atomic_path(path) as temp, polars_io_errors(path):
-        if path.suffix == ".parquet":
-            frame.write_parquet(temp, metadata=metadata)
-        else:
-            frame.write_ndjson(temp)
 
 
 def format_summary(result: ConversionResult) -> str:

@@ -1,7 +1,7 @@
 """Near-duplicate prompts by MinHash LSH, clustered with union-find; the earliest row is kept."""
 
 import hashlib
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -30,6 +30,7 @@ class NearDedupeConfig(StageConfig):
     """
 
     stage: Literal["near_dedupe"] = "near_dedupe"
+    reject_labels: ClassVar[dict[str, str]] = {"near_duplicate": CLUSTER}
     unit: Literal["word", "char"] = "word"
     """Shingle unit: words or characters of the simplified prompt."""
     ngram_size: int = Field(default=5, ge=1)
