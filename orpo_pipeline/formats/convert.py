@@ -11,7 +11,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from orpo_pipeline.errors import ConfigError, DataError
-from orpo_pipeline.formats import pairwise, preference, ranked, sft
+from orpo_pipeline.formats import pairwise, preference, ranked, sft, vectorized
 from orpo_pipeline.formats.mapping import MAPPING_EXAMPLE, mapping_kind, parse_mapping
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.readers import BadRow, SourceRow, read_rows
@@ -228,7 +228,9 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     pending: list[Pending] = []
     for path in paths:
         source = options.source or path.name
-        for row in read_rows(path):
+        fast = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
+        first_frame = collector.add_frame(fast.pairs if fast else None)
+        for row in read_rows(path) if fast is None else fast.rest:
             collector.rows_in += 1
             if isinstance(row, BadRow):
                 collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
@@ -252,6 +254,8 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
                 collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
             else:
                 pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
+        if fast is not None:
+            collector.sort_frames(first_frame)
     if pending:
         for item, outcome in GROUP_PAIRERS[kind](pending, options):
             if isinstance(outcome, RowError):
@@ -357,6 +361,22 @@ class _Collector:
             columns["_line"].append(line)
         if len(columns["id"]) >= FRAME_CHUNK_PAIRS:
             self._flush()
+
+    def add_frame(self, pairs: pl.DataFrame | None) -> int:
+        """Append pairs made elsewhere, one per converted row; return where they start."""
+        self._flush()
+        start = len(self._frames)
+        if pairs is not None:
+            self._frames.append(pairs)
+            self.rows_in += pairs.height
+            self.rows_converted += pairs.height
+        return start
+
+    def sort_frames(self, start: int) -> None:
+        """Order the pairs added since frame `start` (one file's) by line, stably."""
+        self._flush()
+        merged = pl.concat(self._frames[start:]).sort("_line", maintain_order=True)
+        self._frames[start:] = [merged]
 
     def _flush(self) -> None:
         # Arrow builds nested list-of-struct columns from Python objects ~4x faster than Polars.
