@@ -9,6 +9,7 @@ provenance included, does not depend on which path a row took (tested row for ro
 import gzip
 import hashlib
 import io
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -67,7 +68,7 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
     if kind == "parquet":
         table = pq.read_table(path)
         try:
-            frame = pl.from_arrow(table).with_row_index("_line", offset=1)
+            frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
         except (pl.exceptions.PolarsError, pa.ArrowException):
             return None
         pairs = build(frame.lazy(), frame.schema).collect()
@@ -216,15 +217,11 @@ def _hh_messages(transcript: pl.Expr) -> pl.Expr:
     return pl.when(well_formed).then(turns)
 
 
-def _roles(messages: pl.Expr) -> pl.Expr:
-    return messages.list.eval(pl.element().struct.field("role"))
-
-
-def _alternating(messages: pl.Expr) -> pl.Expr:
-    """No two user or assistant turns in a row (after a first system message)."""
-    roles = _roles(messages)
-    turns = pl.when(roles.list.first() == "system").then(roles.list.slice(1)).otherwise(roles)
-    return ~turns.list.eval(pl.element() == pl.element().shift(1)).list.any()
+def _no_repeated_turn(roles: pl.Expr) -> pl.Expr:
+    """`check_alternation` on a string of one letter per role: no letter twice in a row after
+    a first system message."""
+    turns = pl.when(roles.str.starts_with("s")).then(roles.str.slice(1)).otherwise(roles)
+    return ~turns.str.contains("uu|aa|ss|tt")
 
 
 def _mapped(messages: pl.Expr) -> pl.Expr:
@@ -245,20 +242,38 @@ def _mapped(messages: pl.Expr) -> pl.Expr:
     return pl.when(complete & messages.is_not_null()).then(mapped)
 
 
+def _key(role: pl.Expr, content: pl.Expr) -> pl.Expr:
+    return role + "\x01" + content
+
+
 def _last_answers(chosen: pl.Expr, rejected: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
     """(prompt, chosen answer, rejected answer, ok) for two conversations that share all but one
-    final assistant answer each, as `split_last_answers` splits them."""
+    final assistant answer each, as `split_last_answers` splits them.
+
+    The shared messages are compared as one string per conversation (role and content joined by
+    separators no compared text holds), which is far faster than comparing lists of structs.
+    """
+    keys, lasts = [], []
+    for messages in (chosen, rejected):
+        element = pl.element().struct.field
+        joined = messages.list.eval(_key(element("role"), element("content"))).list.join("\x00")
+        last = messages.list.last()
+        last_key = _key(last.struct.field("role"), last.struct.field("content"))
+        separators = joined.str.count_matches("\x00") + joined.str.count_matches("\x01")
+        clean = separators == 2 * messages.list.len() - 1
+        prefix = joined.str.head(joined.str.len_chars() - last_key.str.len_chars())
+        keys.append(pl.when(clean).then(prefix))
+        lasts.append(last)
     length = chosen.list.len()
-    prompt = chosen.list.head(length - 1)
-    last_chosen, last_rejected = chosen.list.last(), rejected.list.last()
     ok = (
         (length >= 2)
         & (rejected.list.len() == length)
-        & (prompt == rejected.list.head(length - 1))
-        & (last_chosen.struct.field("role") == "assistant")
-        & (last_rejected.struct.field("role") == "assistant")
+        & (keys[0] == keys[1])
+        & (lasts[0].struct.field("role") == "assistant")
+        & (lasts[1].struct.field("role") == "assistant")
     )
-    answers = (last_chosen.struct.field("content"), last_rejected.struct.field("content"))
+    answers = (lasts[0].struct.field("content"), lasts[1].struct.field("content"))
+    prompt = chosen.list.slice(0, length - 1)
     return prompt, *answers, ok & (answers[0] != answers[1])
 
 
@@ -282,20 +297,42 @@ def _checked(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.filter(ok.fill_null(value=False)).with_columns(_chosen=chosen, _rejected=rejected)
 
 
+_HH_ASSISTANT = "\n\nAssistant:"
+
+
 def _hh_rlhf(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """Both transcripts must be one shared text, then "\n\nAssistant:" and an answer each (the
+    per-row parser compares parsed turns, so any pair it would split this way is equal here)."""
     if not {"chosen", "rejected"} <= set(schema) or not (
         schema["chosen"] == schema["rejected"] == pl.String
     ):
         return lf.select("_line").clear()
-    chosen, rejected = _hh_messages(pl.col("chosen")), _hh_messages(pl.col("rejected"))
-    prompt, chosen_answer, rejected_answer, ok = _last_answers(chosen, rejected)
+    heads, tails, checks = [], [], []
+    for side in ("chosen", "rejected"):
+        text = pl.col(side)
+        tail = text.str.split(_HH_ASSISTANT, literal=True).list.last()
+        heads.append(text.str.head(text.str.len_chars() - tail.str.len_chars() - 12))
+        tails.append(tail)
+        checks += [
+            text.str.contains(_HH_ASSISTANT, literal=True),
+            ~tail.str.contains("\n\nHuman:", literal=True),
+            _safe_text(text),
+        ]
+    roles = (
+        heads[0]
+        .str.extract_all(r"\n\n(Human|Assistant):")
+        .list.join("")
+        .str.replace_all("\n\nHuman:", "u", literal=True)
+        .str.replace_all(_HH_ASSISTANT, "a", literal=True)
+    )
+    ok = pl.all_horizontal(checks) & (heads[0] == heads[1]) & _no_repeated_turn(roles + "a")
     return _checked(
         lf.select(
             "_line",
-            prompt.alias("prompt"),
-            chosen_answer.alias("_chosen"),
-            rejected_answer.alias("_rejected"),
-            (ok & _alternating(chosen) & _alternating(rejected)).alias("_ok"),
+            _hh_messages(heads[0]).alias("prompt"),
+            _strip(tails[0]).alias("_chosen"),
+            _strip(tails[1]).alias("_rejected"),
+            ok.alias("_ok"),
             pl.lit(None, dtype=pl.Float64).alias("score_chosen"),
             pl.lit(None, dtype=pl.Float64).alias("score_rejected"),
         )
@@ -354,14 +391,23 @@ def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         )
     if kinds != {pl.List(MESSAGE)}:
         return lf.select("_line").clear()
-    chosen, rejected = _mapped(pl.col("chosen")), _mapped(pl.col("rejected"))
+    mapped = lf.with_columns(_mapped(pl.col("chosen")), _mapped(pl.col("rejected")))
+    chosen, rejected = pl.col("chosen"), pl.col("rejected")
     answer_only = (
         (chosen.list.len() == 1)
         & (rejected.list.len() == 1)
         & (chosen.list.first().struct.field("role") == "assistant")
         & (rejected.list.first().struct.field("role") == "assistant")
     )
-    with_prompt = given.is_not_null() & answer_only
+    with_prompt = (given.is_not_null() & answer_only).fill_null(value=False)
+    answers = mapped.filter(with_prompt).select(
+        "_line",
+        with_head.alias("prompt"),
+        chosen.list.first().struct.field("content").alias("_chosen"),
+        rejected.list.first().struct.field("content").alias("_rejected"),
+        given_messages.is_not_null().alias("_ok"),
+        *scores,
+    )
     prompt, chosen_answer, rejected_answer, split_ok = _last_answers(chosen, rejected)
     prompt_has_system = prompt.list.first().struct.field("role") == "system"
     split_prompt = (
@@ -370,26 +416,16 @@ def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         .otherwise(pl.concat_list(head, prompt))
     )
     # A message-list prompt next to whole conversations is merged by the per-row converter.
-    split_case = given.is_null() | (pl.lit(prompt_type == pl.String) & ~answer_only)
-    return _checked(
-        lf.select(
-            "_line",
-            pl.when(with_prompt).then(with_head).otherwise(split_prompt).alias("prompt"),
-            pl.when(with_prompt)
-            .then(chosen.list.first().struct.field("content"))
-            .otherwise(chosen_answer)
-            .alias("_chosen"),
-            pl.when(with_prompt)
-            .then(rejected.list.first().struct.field("content"))
-            .otherwise(rejected_answer)
-            .alias("_rejected"),
-            (
-                (with_prompt & given_messages.is_not_null())
-                | (~with_prompt & split_case & split_ok)
-            ).alias("_ok"),
-            *scores,
-        )
+    split_case = given.is_null() | pl.lit(prompt_type == pl.String)
+    conversations = mapped.filter(~with_prompt).select(
+        "_line",
+        split_prompt.alias("prompt"),
+        chosen_answer.alias("_chosen"),
+        rejected_answer.alias("_rejected"),
+        (split_case & split_ok).alias("_ok"),
+        *scores,
     )
+    return _checked(pl.concat([answers, conversations]))
 
 
 _BUILDERS: dict[str, Callable[[pl.LazyFrame, pl.Schema], pl.LazyFrame]] = {
@@ -432,7 +468,7 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         .str.replace(',"rejected":', ",", literal=True, n=1)
         .str.replace(r"\}$", "]")
     )
-    ids = [hashlib.sha256(text.encode()).hexdigest()[:32] for text in payload]
+    ids = _sha256_prefixes(payload)
     return frame.select(
         pl.Series("id", ids, dtype=pl.String),
         "prompt",
@@ -444,3 +480,19 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         pl.lit(str(path), dtype=pl.String).alias("_file"),
         pl.col("_line").cast(pl.Int64),
     )
+
+
+def _sha256_prefixes(texts: pl.Series) -> list[str]:
+    """First 32 hex digits of the sha256 of each text's UTF-8 bytes, read straight from the
+    Arrow buffers (no Python string per row)."""
+    array = texts.to_arrow().cast(pa.large_string())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset :]
+    data = memoryview(array.buffers()[2]) if len(array) else memoryview(b"")
+    bounds = offsets.tolist()
+    sha256 = hashlib.sha256
+    return [
+        sha256(data[start:end]).hexdigest()[:32]
+        for start, end in itertools.pairwise(bounds)
+    ][: len(array)]
