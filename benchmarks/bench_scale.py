@@ -155,29 +155,29 @@ def run_executor(inputs: list[Path], executor: str) -> dict:
     }
 
 
-def scaling_table(result: dict) -> list[dict]:
-    """Predicted seconds per stage on N nodes like this machine (2 CPUs each).
+def scaling_table(result: dict, model_pairs: int = 10_000_000) -> list[dict]:
+    """Predicted seconds per stage for `model_pairs` pairs on N nodes like this one (2 CPUs).
 
-    Model, per stage: the parallel work W (the local stage time minus its decide step) runs in
-    waves of 2N shard tasks, so it takes ceil(S / 2N) * 2W / S for S shards; a global stage adds
-    its decide step (one driver) and the transfer of its keys to the driver and of the decisions
-    back (10 Gbit/s); every stage adds the per-stage overhead Ray showed on this machine (its
-    stage time minus the local one, at least 0).
+    Model, per stage, from the measured run scaled linearly to `model_pairs`: the parallel work W
+    (the local stage time minus its decide step) runs in waves of 2N shard tasks of one CPU each,
+    so it takes ceil(S / 2N) * 2W / S for S shards of `FILE_PAIRS` rows; a global stage adds its
+    decide step (on the driver, not parallel) and the transfer of its keys to the driver and of
+    the decisions back at 10 Gbit/s; every stage adds the fixed overhead Ray showed on this
+    machine (its stage time minus the local one, at least 0).
     """
+    scale = model_pairs / result["num_pairs"]
     local, ray = result["local"]["stages"], result.get("ray", {}).get("stages")
-    shards = max(1, math.ceil(result["num_pairs"] / FILE_PAIRS))
+    shards = max(1, math.ceil(model_pairs / FILE_PAIRS))
     rows = []
     for index, stage in enumerate(local):
-        decide = stage.get("decide_s", 0.0)
-        work = max(stage["seconds"] - decide, 0.0)
+        decide = stage.get("decide_s", 0.0) * scale
+        work = max(stage["seconds"] * scale - decide, 0.0)
         overhead = max(ray[index]["seconds"] - stage["seconds"], 0.0) if ray else 0.0
-        transfer = (
-            stage.get("keys_bytes", 0) + stage.get("decided_bytes", 0)
-        ) / NETWORK_BYTES_PER_S
+        volume = (stage.get("keys_bytes", 0) + stage.get("decided_bytes", 0)) * scale
         row = {"stage": stage["stage"]}
         for nodes in NODES:
             waves = math.ceil(shards / (2 * nodes))
-            shuffle = transfer * (nodes - 1) / nodes
+            shuffle = volume / NETWORK_BYTES_PER_S * (nodes - 1) / nodes
             row[nodes] = decide + overhead + shuffle + waves * 2 * work / shards
         rows.append(row)
     return rows
