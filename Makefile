@@ -38,6 +38,18 @@ train: setup model ## Train the default model with ORPO (pipelines/train/default
 test: setup model ## Run the test suite
 	$(BIN)/pytest -q
 
+MIN_VENV := .venv-minimums
+
+.PHONY: test-minimums
+test-minimums: setup model ## Run the suite with every runtime dependency at its pyproject.toml minimum
+	rm -rf $(MIN_VENV)
+	$(BIN)/uv venv --quiet --python $(BIN)/python $(MIN_VENV)
+	$(BIN)/python tests/dev_pins.py > $(MIN_VENV)/dev-pins.txt
+	VIRTUAL_ENV=$(MIN_VENV) $(BIN)/uv pip install --quiet --resolution lowest-direct \
+		-e . -r $(MIN_VENV)/dev-pins.txt
+	VIRTUAL_ENV=$(MIN_VENV) $(BIN)/uv pip tree --depth 1 --package orpo-pipeline
+	$(MIN_VENV)/bin/pytest -q
+
 .PHONY: lint
 lint: setup ## Lint with ruff and check that schemas/ matches the models
 	$(BIN)/ruff check orpo_pipeline tests benchmarks
@@ -57,4 +69,4 @@ bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only
 
 .PHONY: clean
 clean: ## Remove the venv, caches and runs
-	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MIN_VENV) .cache runs .pytest_cache .ruff_cache .hypothesis

@@ -44,29 +44,73 @@ def describe_inputs(paths: list[Path], *, stat_cache: Path | None = None) -> lis
     ]
 
 
-def _git(*args: str) -> str | None:
+DIFF_TEXT_LIMIT = 1_000_000
+"""Bytes of `git diff` text kept in a manifest; the sha256 and the stat always cover all of it."""
+
+
+def _git(*args: str) -> bytes:
+    """Stdout of a git command as bytes (diffs need not be UTF-8); raises on any failure."""
+    return subprocess.run(["git", *args], capture_output=True, check=True, timeout=30).stdout
+
+
+def _diff_stat(numstat: bytes) -> dict[str, int]:
+    """Files changed, insertions, deletions and binary files from `git diff --numstat -z`."""
+    stat = {"files": 0, "insertions": 0, "deletions": 0, "binary_files": 0}
+    for record in numstat.split(b"\0"):
+        fields = record.split(b"\t")
+        if len(fields) < 3:  # a rename's paths follow as their own records
+            continue
+        stat["files"] += 1
+        if fields[0] == b"-":
+            stat["binary_files"] += 1
+        else:
+            stat["insertions"] += int(fields[0])
+            stat["deletions"] += int(fields[1])
+    return stat
+
+
+def _worktree_diff() -> dict[str, Any]:
+    """sha256, stat and (up to DIFF_TEXT_LIMIT bytes of) text of the uncommitted change."""
+    diff = _git("diff", "HEAD")
+    if not diff:
+        return {"diff_sha256": None, "diff_stat": None, "diff": None}
+    text = diff[:DIFF_TEXT_LIMIT].decode("utf-8", errors="replace")
+    return {
+        "diff_sha256": hashlib.sha256(diff).hexdigest(),
+        "diff_stat": _diff_stat(_git("diff", "HEAD", "--numstat", "-z")),
+        "diff_bytes": len(diff),
+        "diff_truncated": len(diff) > DIFF_TEXT_LIMIT,
+        "diff": text,
+    }
+
+
+def _optional_git(*args: str) -> str | None:
+    """A one-line git answer, or None where git says no (detached HEAD, no commit yet)."""
     try:
-        done = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
+        return _git(*args).decode("utf-8", errors="replace").strip()
+    except subprocess.CalledProcessError:
         return None
-    return done.stdout.strip()
 
 
 def git_state() -> dict[str, Any]:
-    """Commit, branch, dirty flag and diff of the working tree (None outside a checkout)."""
-    sha = _git("rev-parse", "HEAD")
-    if sha is None:
-        return {"sha": None}
-    diff = _git("diff", "HEAD") or ""
-    return {
-        "sha": sha,
-        "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-        "diff": diff or None,
-    }
+    """Commit, branch, dirty flag and diff of the working tree.
+
+    `{"sha": None}` outside a checkout, and `sha` None with a note in a repository with no commit.
+    Nothing here can fail a run: any other problem becomes `{"error": ...}`.
+    """
+    try:
+        if _optional_git("rev-parse", "--is-inside-work-tree") != "true":
+            return {"sha": None}
+        state = {
+            "sha": _optional_git("rev-parse", "--verify", "-q", "HEAD"),
+            "branch": _optional_git("symbolic-ref", "--short", "-q", "HEAD") or "HEAD",
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        }
+        if state["sha"] is None:
+            return {**state, "note": "the repository has no commit yet"}
+        return {**state, **_worktree_diff()}
+    except Exception as error:  # the manifest records the failure; the run goes on
+        return {"error": f"{type(error).__name__}: {error}"}
 
 
 def _cpu_model() -> str:

@@ -6,7 +6,6 @@ from orpo_pipeline.cache import cache_root
 from orpo_pipeline.models import provision_default_model
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 MODEL_CACHE = cache_root()
 """The real cache (the Makefile's), read before any test points ORPO_PIPELINE_CACHE elsewhere."""
 

@@ -43,9 +43,15 @@ def build_policy(
     """
     if gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and keyword arguments (the 4-D mask).
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
+        # transformers < 5.23 has the same switch under its older name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     if not share_prompt:
         return PaddedPolicy(model), PreferenceCollator(pad_token_id)
     attention = model.config._attn_implementation

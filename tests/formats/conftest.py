@@ -5,8 +5,11 @@ import pytest
 
 from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_files
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-"""The real third-party files (read-only), checked out next to the repository."""
+REPO = Path(__file__).resolve().parents[2]
+TEST_DATA = REPO / "tests" / "data"
+"""Real third-party files the tests read, vendored with their licences (tests/data/vendor.py)."""
+HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+"""The default job's real HH-RLHF file, shipped with the repository."""
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -1,6 +1,5 @@
 import gzip
 import json
-from pathlib import Path
 
 import datasets
 import polars as pl
@@ -12,46 +11,43 @@ from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats import ConvertOptions, convert_files, format_summary, write_pairs
 from orpo_pipeline.formats.writer import PARQUET_METADATA_KEY
 from orpo_pipeline.records import PAIR_SCHEMA, PreferencePair
-from tests.formats.conftest import SHARED_DATA, write_jsonl
+from tests.formats.conftest import HH, TEST_DATA, write_jsonl
 from tests.formats.test_generate import tiny_tokenizer
 
-HH = "hh-rlhf-harmless-base/test.jsonl.gz"
-
-# file -> (format, rows in, rows converted, pairs out, rejects by reason); SFT files use
-# negatives="other_prompt" so the counts need no model.
+# file under tests/data -> (format, rows in, rows converted, pairs out, rejects by reason); SFT
+# files use negatives="other_prompt" so the counts need no model. Large files are cut (SOURCE.md).
 REAL_DATA = {
-    "alpaca-eval/example/outputs.json": ("alpaca", 805, 805, 805, {}),
+    "alpaca-eval/example/outputs.json": ("alpaca", 200, 200, 200, {}),
     "alpaca-eval/results/alpaca-7b/alpaca_eval_gpt4/annotations.json": (
         "alpaca_eval",
-        805,
-        789,
-        789,
+        213,
+        197,
+        197,
         {"tie": 16},
     ),
     "alpaca-eval/results/text_davinci_001/alpaca_eval_gpt4/annotations.json": (
         "alpaca_eval",
-        805,
-        782,
-        782,
+        218,
+        195,
+        195,
         {"tie": 20, "empty_response": 2, "judge_error": 1},
     ),
     "arena-hard-auto/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl": (
         "openai_messages",
-        500,
-        500,
-        500,
+        200,
+        200,
+        200,
         {},
     ),
     "fastchat-dummy-sharegpt/dummy_conversation.json": ("sharegpt", 500, 500, 500, {}),
-    HH: ("hh_rlhf", 2312, 2299, 2299, {"roles_not_alternating": 9, "empty_response": 4}),
-    "llamafactory-demo-data/alpaca_en_demo.json": ("alpaca", 999, 999, 999, {}),
-    "llamafactory-demo-data/dpo_en_demo.json": ("sharegpt_preference", 300, 300, 300, {}),
-    "llamafactory-demo-data/dpo_zh_demo.json": ("sharegpt_preference", 300, 300, 300, {}),
-    "llamafactory-demo-data/glaive_toolcall_en_demo.json": ("sharegpt", 300, 300, 300, {}),
+    "llamafactory-demo-data/alpaca_en_demo.json": ("alpaca", 200, 200, 200, {}),
+    "llamafactory-demo-data/dpo_en_demo.json": ("sharegpt_preference", 200, 200, 200, {}),
+    "llamafactory-demo-data/dpo_zh_demo.json": ("sharegpt_preference", 200, 200, 200, {}),
+    "llamafactory-demo-data/glaive_toolcall_en_demo.json": ("sharegpt", 200, 200, 200, {}),
     "llamafactory-demo-data/identity.json": ("alpaca", 91, 91, 91, {}),
-    "llamafactory-demo-data/kto_en_demo.json": ("kto", 300, 151, 150, {"no_desirable_answer": 149}),
+    "llamafactory-demo-data/kto_en_demo.json": ("kto", 257, 108, 107, {"no_desirable_answer": 149}),
     "llamafactory-demo-data/v1_dpo_demo.jsonl": ("llamafactory_v1", 10, 10, 10, {}),
-    "llamafactory-demo-data/v1_sft_demo.jsonl": ("openai_messages", 500, 500, 500, {}),
+    "llamafactory-demo-data/v1_sft_demo.jsonl": ("openai_messages", 200, 200, 200, {}),
     "oasst-en100-trees/en_100_message.jsonl": ("oasst", 100, 100, 212, {}),
     "oasst-en100-trees/en_100_tree.jsonl": ("oasst", 100, 100, 212, {}),
     "openai-cookbook-toy-chat/toy_chat_fine_tuning.jsonl": (
@@ -61,7 +57,7 @@ REAL_DATA = {
         4,
         {"prompt_not_ending_with_user": 1},
     ),
-    "orpo-mistral-outputs/outputs/alpacaeval/Mistral-ORPO-beta.json": ("alpaca", 805, 805, 805, {}),
+    "orpo-mistral-outputs/outputs/alpacaeval/Mistral-ORPO-beta.json": ("alpaca", 200, 200, 200, {}),
     "self-instruct/data/finetuning/t0_train_50k/data_per_template/ag_news_classify.jsonl": (
         "prompt_completion",
         200,
@@ -86,11 +82,17 @@ NOT_PAIR_DATA = {
 }
 
 
-def test_every_shared_file_is_covered():
+def test_every_vendored_file_is_covered():
+    vendored = [
+        source.parent
+        for source in TEST_DATA.glob("*/SOURCE.md")
+        if "## Vendored into tests/data" in source.read_text(encoding="utf-8")
+    ]
     files = {
-        str(path.relative_to(SHARED_DATA))
-        for path in SHARED_DATA.rglob("*")
-        if path.is_file() and path.name != "SOURCE.md"
+        str(path.relative_to(TEST_DATA))
+        for folder in vendored
+        for path in folder.rglob("*")
+        if path.is_file() and path.name not in {"SOURCE.md", "LICENSE"}
     }
     assert files == set(REAL_DATA) | set(NOT_PAIR_DATA)
 
@@ -98,7 +100,7 @@ def test_every_shared_file_is_covered():
 @pytest.mark.parametrize("name", sorted(REAL_DATA))
 def test_real_data_converts_with_known_counts(name):
     fmt, rows_in, rows_converted, pairs_out, rejects = REAL_DATA[name]
-    result = convert_files([SHARED_DATA / name], ConvertOptions(negatives="other_prompt"))
+    result = convert_files([TEST_DATA / name], ConvertOptions(negatives="other_prompt"))
     assert result.format == fmt
     assert (result.rows_in, result.rows_converted, result.pairs.height) == (
         rows_in,
@@ -115,7 +117,7 @@ def test_real_data_converts_with_known_counts(name):
 @pytest.mark.parametrize("name", sorted(NOT_PAIR_DATA))
 def test_files_without_pairs_get_one_clear_error(name):
     with pytest.raises(DataError, match=NOT_PAIR_DATA[name]) as caught:
-        convert_files([SHARED_DATA / name], ConvertOptions())
+        convert_files([TEST_DATA / name], ConvertOptions())
     if "no known format" in NOT_PAIR_DATA[name]:
         message = str(caught.value)
         assert "Formats looked for" in message
@@ -125,8 +127,8 @@ def test_files_without_pairs_get_one_clear_error(name):
 
 def test_several_files_and_explicit_format(tmp_path):
     copy = tmp_path / "copy.jsonl.gz"
-    copy.write_bytes((SHARED_DATA / HH).read_bytes())
-    result = convert_files([SHARED_DATA / HH, copy], ConvertOptions(format="hh_rlhf", source="hh"))
+    copy.write_bytes((HH).read_bytes())
+    result = convert_files([HH, copy], ConvertOptions(format="hh_rlhf", source="hh"))
     assert result.rows_in == 2 * 2312
     assert result.pairs["_file"].n_unique() == 2
     assert result.pairs["source"].unique().to_list() == ["hh"]
@@ -135,12 +137,12 @@ def test_several_files_and_explicit_format(tmp_path):
 def test_inputs_of_different_formats_are_refused(tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
     with pytest.raises(ConfigError, match="different formats"):
-        convert_files([pairs, SHARED_DATA / HH], ConvertOptions())
+        convert_files([pairs, HH], ConvertOptions())
 
 
 def test_unknown_format_name_lists_formats(tmp_path):
     with pytest.raises(ConfigError, match="choose one of: hh_rlhf"):
-        convert_files([SHARED_DATA / HH], ConvertOptions(format="hh"))
+        convert_files([HH], ConvertOptions(format="hh"))
 
 
 def test_every_row_lands_in_output_or_rejects(tmp_path):
@@ -177,7 +179,7 @@ def test_every_row_lands_in_output_or_rejects(tmp_path):
 
 @pytest.fixture(scope="module")
 def hh_result():
-    return convert_files([SHARED_DATA / HH], ConvertOptions())
+    return convert_files([HH], ConvertOptions())
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -242,7 +244,3 @@ def test_compressed_json_array_input(tmp_path):
     with gzip.open(tmp_path / "pairs.json.gz", "wt") as stream:
         json.dump({"train": rows}, stream)
     assert convert_files([tmp_path / "pairs.json.gz"], ConvertOptions()).pairs.height == 1
-
-
-def test_shared_data_path_is_next_to_the_repository():
-    assert Path(SHARED_DATA).resolve() == (Path(__file__).resolve().parents[3] / "shared" / "data")
