@@ -234,3 +234,28 @@ def test_scores_as_python_takes_them(tmp_path, monkeypatch, value):
     options = ConvertOptions(format="trl_preference")
     paths = [tmp_path / "s.parquet"]
     assert_same(convert_files(paths, options), per_row(paths, options, monkeypatch))
+
+
+def _vendored_preference_files() -> list[Path]:
+    """Every vendored real file whose detected format has a vectorised path."""
+    from orpo_pipeline.errors import DataError
+    from orpo_pipeline.formats.convert import detect_format
+
+    found = []
+    for path in sorted((REPO / "tests" / "data").rglob("*")):
+        if not path.name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
+            continue
+        try:
+            if detect_format(path) in vectorized._BUILDERS:
+                found.append(path)
+        except DataError:
+            continue
+    return [HH, *found]
+
+
+@pytest.mark.parametrize("path", _vendored_preference_files(), ids=lambda p: p.name)
+def test_every_vendored_preference_file_row_for_row(path, monkeypatch):
+    from orpo_pipeline.formats.convert import detect_format
+
+    options = ConvertOptions(format=detect_format(path))
+    assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
