@@ -3,8 +3,10 @@
 The runner works shard by shard: the source is converted one input file at a time (when its
 format pairs rows one by one), per-row stages run on `shard_rows` rows at a time, and global
 stages (`GlobalStage`: dedupe, near_dedupe, mix, split) first gather small per-row keys of all
-rows, decide on those, then tag each shard. Every stage's kept and rejected rows go to the stage
-cache as Parquet, in `_row` order, so results do not depend on the shard size or the engine.
+rows, decide on those, then tag each shard. Each shard is a task (`convert_task`, `keys_task`,
+`stage_task`) that an executor runs, here or on Ray (`executors.py`), and that writes its kept and
+rejected rows to the stage cache as Parquet, in `_row` order, so results do not depend on the shard
+size, the executor or the engine.
 """
 
 import hashlib
