@@ -143,7 +143,9 @@ def cluster_roots(signatures: np.ndarray, config: NearDedupeConfig) -> np.ndarra
 def _clusters(batch: pl.Series, config: NearDedupeConfig) -> pl.Series:
     frame = batch.struct.unnest()
     order = np.argsort(frame[ROW].to_numpy(), kind="stable")
-    signatures = frame["signature"].to_numpy()[order]
+    signatures = frame["signature"].to_numpy()
+    if (order != np.arange(len(order))).any():  # keys arrive in `_row` order: no copy then
+        signatures = signatures[order]
     roots = np.empty(len(frame), dtype=np.int64)
     roots[order] = order[cluster_roots(signatures, config)]
     del signatures
