@@ -105,14 +105,18 @@ def write_shard(directory: Path, index: int, shard: Shard, **info: object) -> di
     """
     kept, rejected, rows_in = shard
     kept_path, rejected_path, marker = shard_paths(directory, index)
-    for frame, path in ((kept, kept_path), (rejected, rejected_path)):
-        with atomic_path(path) as temp:
-            ParquetAppender.write_one(frame, temp)
-            _fsync(temp)
     record = {"rows_in": rows_in, **info}
-    with atomic_path(marker) as temp:
-        temp.write_text(json.dumps(record))
-        _fsync(temp)
+    try:
+        for frame, path in ((kept, kept_path), (rejected, rejected_path)):
+            with atomic_path(path) as temp:
+                ParquetAppender.write_one(frame, temp)
+                _fsync(temp)
+        with atomic_path(marker) as temp:
+            temp.write_text(json.dumps(record))
+            _fsync(temp)
+    except OrpoPipelineError as error:  # disk full, file too large, read-only
+        msg = f"cannot write the stage cache entry {directory}: {error}"
+        raise OrpoPipelineError(msg) from error
     return record
 
 

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import itertools
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -66,11 +67,11 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
         return None
     kind = input_kind(path)
     if kind == "parquet":
-        table = pq.read_table(path)
         try:
+            table = pq.read_table(path)
             frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
-        except (pl.exceptions.PolarsError, pa.ArrowException):
-            return None
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+            return None  # the per-row reader reports what is wrong with the file
         pairs = build(frame.lazy(), frame.schema).collect()
         rest = _rest_lines(frame["_line"], pairs)
         values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
@@ -97,14 +98,14 @@ def _rest_lines(lines: pl.Series, pairs: pl.DataFrame) -> np.ndarray:
 
 def _json_lines(path: Path) -> pl.DataFrame | None:
     """`_line` (1-based, as the per-row reader counts) and `_text` of every line; None when the
-    file is not valid UTF-8 as a whole (then the per-row reader handles it)."""
-    data = path.read_bytes()
-    if path.name.lower().endswith(".gz"):
-        data = gzip.decompress(data)
+    file cannot be read or is not valid UTF-8 as a whole (the per-row reader handles it)."""
     try:
+        data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
         lines = pl.scan_lines(io.BytesIO(data), name="_text").collect()
-    except pl.exceptions.PolarsError:
-        return None
+    except (OSError, EOFError, zlib.error, pl.exceptions.PolarsError):
+        return None  # the per-row reader reports what is wrong with the file
     return lines.with_row_index("_line", offset=1)
 
 
