@@ -34,6 +34,10 @@ data: setup ## Run the default data recipe (pipelines/default.yaml) -> runs/data
 train: setup model ## Train the default model with ORPO (pipelines/train/default.yaml) -> runs/train
 	$(BIN)/orpo-pipeline train pipelines/train/default.yaml
 
+.PHONY: compare
+compare: setup model data ## Compare ORPO, SFT->DPO, SFT and SimPO at matched compute (< 30 min) -> runs/compare
+	$(BIN)/orpo-pipeline compare pipelines/compare/default.yaml
+
 .PHONY: test
 test: setup model ## Run the test suite
 	$(BIN)/pytest -q
@@ -64,8 +68,8 @@ bench: setup model ## Run the benchmarks (slow; results in runs/bench)
 	$(BIN)/python -m benchmarks
 
 .PHONY: bench-train
-bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow)
-	$(BIN)/python -m benchmarks.bench_train
+bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow; DEVICE=cuda on a GPU)
+	$(BIN)/python -m benchmarks.bench_train --device $(or $(DEVICE),cpu)
 
 .PHONY: clean
 clean: ## Remove the venv, caches and runs

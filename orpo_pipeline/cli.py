@@ -4,6 +4,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from orpo_pipeline import __version__
 from orpo_pipeline.errors import OrpoPipelineError
+
+if TYPE_CHECKING:
+    from orpo_pipeline.pipeline import PipelineReport
 
 console = Console()
 overrides_option = click.option(
@@ -78,6 +82,13 @@ def convert_knob_options(command: Callable) -> Callable:
         kind = field.annotation
         if get_origin(kind) in (UnionType, Union):  # `X | None`: the option type is X
             kind = next(a for a in get_args(kind) if a is not type(None))
+        help_text = (field.description or "").replace("\n", " ")
+        if kind is bool:  # a flag that turns the default off or on
+            flag = f"--{'no-' if field.default else ''}{name.replace('_', '-')}"
+            command = click.option(
+                flag, name, flag_value=not field.default, default=None, help=help_text
+            )(command)
+            continue
         click_type = click.Choice(get_args(kind)) if get_origin(kind) is Literal else kind
         default = f" [default: {field.default}]" if field.default is not None else ""
         command = click.option(
@@ -85,7 +96,7 @@ def convert_knob_options(command: Callable) -> Callable:
             name,
             type=click_type,
             default=None,
-            help=(field.description or "").replace("\n", " ") + default,
+            help=help_text + default,
         )(command)
     return command
 
@@ -126,6 +137,12 @@ def _formats_epilog() -> str:
     default=None,
     help="Where rejected rows go (default: OUTPUT-stem.rejects.*).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Write an empty pair file when nothing converts, and exit 0 (default: exit 1 with the "
+    "reject summary; the rejects file and report are written either way).",
+)
 @convert_knob_options
 def convert(
     inputs: tuple[Path, ...],
@@ -133,18 +150,21 @@ def convert(
     format_name: str | None,
     mapping: str | None,
     rejects: Path | None,
+    allow_empty: bool,
     **knobs: object,
 ) -> None:
     """Convert INPUT files of any supported format into canonical preference pairs.
 
     Every input row ends up in OUTPUT or in the rejects file with its file, line and reason;
-    the summary table reconciles rows in with rows converted and rejected.
+    the summary table reconciles rows in with rows converted and rejected. A FastChat
+    llm_judge folder (question.jsonl, model_answer/, model_judgment/) is one INPUT.
 
     \b
     Examples:
       orpo-pipeline convert hh.jsonl.gz -o pairs.parquet
       orpo-pipeline convert ultrafeedback.jsonl -o pairs.jsonl --rejected worst --min-margin 1
-      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives other_prompt
+      orpo-pipeline convert sft.jsonl -o pairs.parquet --negatives model --yes
+      orpo-pipeline convert data/mt_bench -o pairs.parquet
       orpo-pipeline convert odd.csv -o pairs.parquet \\
           --mapping '{prompt: question, chosen: good, rejected: bad}'
     """
@@ -161,7 +181,7 @@ def convert(
         format=format_name, mapping=load_mapping(mapping) if mapping else None, **given
     )
     result = convert_files(list(inputs), options)
-    written = write_pairs(result, output, rejects_path=rejects)
+    written = write_pairs(result, output, rejects_path=rejects, allow_empty=allow_empty)
     click.echo(format_summary(result))
     for kind, path in written.items():
         click.echo(f"wrote {kind}: {path}")
@@ -191,7 +211,10 @@ def data(
 
     flags = {"executor": executor, "address": address}
     overrides += tuple(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)
-    report = run_pipeline(load_config(recipe, PipelineSpec, overrides))
+    _print_report(run_pipeline(load_config(recipe, PipelineSpec, overrides)))
+
+
+def _print_report(report: "PipelineReport") -> None:
     table = Table(title=f"data: {report.name}")
     for column in ("stage", "rows in", "rows out", "rejected (by reason)", "seconds"):
         table.add_column(column)
@@ -202,6 +225,98 @@ def data(
     console.print(table)
     outputs = ", ".join(f"{name} ({rows} pairs)" for name, rows in report.outputs.items())
     console.print(f"wrote {outputs} and datacard.html to {report.output_dir}")
+
+
+@cli.command()
+@click.argument(
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    metavar="INPUT...",
+)
+@click.option("-o", "--output-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "format_name", default=None, help="Input format (detected if omitted).")
+@click.option("--model", default="default", show_default=True, help="Policy that samples.")
+@click.option("--num-samples", default=4, show_default=True, type=click.IntRange(1, 16))
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--judge",
+    "judge_kind",
+    default="llm_judge",
+    show_default=True,
+    type=click.Choice(["llm_judge", "reward_model", "implicit_reward"]),
+)
+@click.option("--judge-model", default="default", show_default=True, help="Judge, RM or policy.")
+@click.option("--reference", default=None, help="implicit_reward: the reference model.")
+@click.option("--endpoint", default=None, help="llm_judge: OpenAI-compatible base URL.")
+@click.option(
+    "--rule",
+    default="best_vs_worst",
+    show_default=True,
+    type=click.Choice(["best_vs_worst", "best_vs_random", "all_above_margin"]),
+)
+@click.option("--min-margin", default=0.0, show_default=True, type=click.FloatRange(0))
+@click.option("--keep-given", is_flag=True, help="Judge the inputs' own answers too.")
+def label(
+    inputs: tuple[Path, ...], output_dir: Path, format_name: str | None, **knobs: Any
+) -> None:
+    """Sample answers to the prompts of INPUT, judge them and write preference pairs.
+
+    The one-command form of the sample, judge and binarize stages (see pipelines/rlaif.yaml for
+    the full recipe with dedupe, filter and split).
+
+    \b
+    Examples:
+      orpo-pipeline label data/hh-rlhf-harmless-base/test.jsonl.gz -o runs/data/labelled
+      orpo-pipeline label sft.jsonl -o out --judge reward_model --judge-model ./my-rm
+      orpo-pipeline label pairs.jsonl -o out --keep-given --endpoint http://127.0.0.1:8000/v1
+    """
+    from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
+
+    sample = {"stage": "sample", "keep_given": knobs["keep_given"], "model": knobs["model"]}
+    sample |= {k: knobs[k] for k in ("num_samples", "max_new_tokens", "temperature")}
+    judge = {"stage": "judge", "judge": knobs["judge_kind"], "model": knobs["judge_model"]}
+    judge |= {k: knobs[k] for k in ("reference", "endpoint") if knobs[k] is not None}
+    binarize = {"stage": "binarize", "rule": knobs["rule"], "min_margin": knobs["min_margin"]}
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "label",
+            "source": {"inputs": list(inputs), "format": format_name},
+            "stages": [sample, judge, binarize],
+            "output_dir": output_dir,
+        }
+    )
+    _print_report(run_pipeline(spec))
+
+
+@cli.command()
+@click.argument("model_name", metavar="MODEL")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--name", default=None, help="Model name clients send (default: MODEL).")
+@click.option(
+    "--api-key",
+    envvar="ORPO_PIPELINE_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' (or set ORPO_PIPELINE_API_KEY).",
+)
+def serve(model_name: str, host: str, port: int, name: str | None, api_key: str | None) -> None:
+    """Serve MODEL as an OpenAI-compatible chat-completions API (logprobs, streaming).
+
+    MODEL is `default`, a local checkpoint (a training run's final/) or an HF hub id.
+
+    \b
+    Example:
+      orpo-pipeline serve runs/train/<run>/final --port 8000
+      curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "runs/train/<run>/final", "messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    from orpo_pipeline.serve import serve as run_server
+
+    click.echo(f"serving {model_name} at http://{host}:{port}/v1 (Ctrl-C stops)")
+    run_server(model_name, host=host, port=port, name=name, api_key=api_key)
 
 
 @cli.command()
@@ -224,22 +339,108 @@ def report(run_dir: Path) -> None:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option
 def train(config: Path, overrides: tuple[str, ...]) -> None:
-    """Train with ORPO as a config describes; evaluate before and after.
+    """Train as a config describes (any objective), or run a recipe's chain of stages.
+
+    A YAML with `stages:` is a recipe: e.g. SFT, then DPO from the SFT model.
 
     \b
     Example:
       orpo-pipeline train pipelines/train/default.yaml --set max_steps=10
+      orpo-pipeline train pipelines/recipes/sft_dpo.yaml
       accelerate launch -m orpo_pipeline train pipelines/train/default.yaml
     """
     from accelerate import PartialState
 
-    from orpo_pipeline.config_files import load_config
-    from orpo_pipeline.train.config import TrainConfig
     from orpo_pipeline.train.loop import train as run_training
+    from orpo_pipeline.train.recipe import (
+        RecipeConfig,
+        chain_summary,
+        load_recipe_or_config,
+        run_recipe,
+    )
 
-    result = run_training(load_config(config, TrainConfig, overrides))
+    loaded = load_recipe_or_config(config, overrides)
+    if isinstance(loaded, RecipeConfig):
+        console.print(chain_summary(run_recipe(loaded)), markup=False)
+        return
+    result = run_training(loaded)
     if PartialState().is_main_process:  # under accelerate launch every process returns here
         console.print(result.summary())
+
+
+@cli.command("eval")
+@click.argument("run")
+@click.option(
+    "--against",
+    default=None,
+    metavar="START_MODEL|OTHER_RUN",
+    help="Baseline: a model (default: the run's start model) or another run (directory or id).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="EvalConfig YAML (default: the built-in defaults).",
+)
+@overrides_option
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Directory searched for run ids.",
+)
+def eval_command(
+    run: str,
+    against: str | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    root: Path,
+) -> None:
+    """Judge a training run's model against its start model (or another run); IFEval both.
+
+    Writes the `evaluation` key of the run's manifest.json, the section of its report.html and
+    per-prompt verdicts in <run>/evaluation/.
+
+    \b
+    Example:
+      orpo-pipeline eval runs/train/default-20261124-225251-aba2a762
+      orpo-pipeline eval RUN --against OTHER_RUN --set judge.endpoint=http://127.0.0.1:8000/v1
+    """
+    from orpo_pipeline.config_files import load_overrides
+    from orpo_pipeline.evaluation.config import EvalConfig
+    from orpo_pipeline.evaluation.run import describe_plan, evaluate_run
+    from orpo_pipeline.runs import resolve_run
+
+    config = load_overrides(config_path, EvalConfig, overrides)
+    console.print(describe_plan(config), markup=False)
+    result = evaluate_run(resolve_run(run, root), against=against, config=config, root=root)
+    for note in result["judge_notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for key, value in result["summary"].items():
+        console.print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@overrides_option
+def compare(config: Path, overrides: tuple[str, ...]) -> None:
+    """Run objectives side by side (ORPO, SFT->DPO, SFT, ...) and report them at equal compute.
+
+    Writes compare.json and report.html under the comparison directory.
+
+    \b
+    Example:
+      orpo-pipeline compare pipelines/compare/default.yaml --set seeds=[0,1,2]
+    """
+    from orpo_pipeline.config_files import load_config
+    from orpo_pipeline.train.compare import CompareConfig, markdown, run_compare, table
+
+    out = run_compare(load_config(config, CompareConfig, overrides), echo=click.echo)
+    report = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    click.echo(markdown(table(report)))
+    click.echo(f"report: {out / 'report.html'}")
 
 
 @cli.command()
@@ -269,7 +470,7 @@ def generate(
     Example:
       orpo-pipeline generate runs/train/default-20261124-120000-1a2b3c4d/final "Hi!"
     """
-    from orpo_pipeline.generation import generate_replies
+    from orpo_pipeline.formats.generate import Sampling, generate_replies
     from orpo_pipeline.models import load_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
@@ -277,9 +478,8 @@ def generate(
     turns = [prompt] if prompt is not None else iter(lambda: click.prompt("you", default=""), "")
     for turn in turns:
         history.append({"role": "user", "content": turn})
-        (reply,) = generate_replies(
-            model, tokenizer, [history], max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+        (reply,) = generate_replies(model, tokenizer, [history], sampling)
         history.append({"role": "assistant", "content": reply})
         click.echo(reply if prompt is not None else f"model: {reply}")
 
@@ -358,11 +558,10 @@ def runs_show(run: str, root: Path) -> None:
 @runs_root_option
 def runs_diff(run_a: str, run_b: str, root: Path) -> None:
     """Say which inputs, outputs, config keys, code and packages differ between two runs."""
-    from orpo_pipeline.runs import diff_manifests, load_manifest, resolve_run
+    from orpo_pipeline.runs import resolve_run
+    from orpo_pipeline.train.recipe import diff_chains
 
-    changes = diff_manifests(
-        load_manifest(resolve_run(run_a, root)), load_manifest(resolve_run(run_b, root))
-    )
+    changes = diff_chains(resolve_run(run_a, root), resolve_run(run_b, root))
     for section, items in changes.items():
         if not items:
             console.print(f"{section}: same")

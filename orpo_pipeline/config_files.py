@@ -66,3 +66,18 @@ def load_config(path: Path, model: type[Model], overrides: Sequence[str] = ()) -
         return model.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(render_validation_error(error, where=str(path))) from error
+
+
+def load_overrides(
+    path: Path | None, model: type[Model], overrides: Sequence[str] = ()
+) -> Model:
+    """`load_config` when a file is given, else the model's defaults with the overrides."""
+    if path is not None:
+        return load_config(path, model, overrides)
+    raw: dict[str, Any] = {}
+    try:
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(render_validation_error(error, where="--set")) from error

@@ -4,6 +4,7 @@ The HTML is one self-contained file (inline CSS and SVG, no scripts, nothing fet
 """
 
 import html
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -221,6 +222,56 @@ def _label_rows(counts: pl.DataFrame) -> list[tuple[str, str]]:
     ]
 
 
+def _judge_summary(judgments: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Rows of the judge table and every response score, over distinct judged prompts.
+
+    Tie rate: comparisons without a winner (pairwise judges), and prompts whose judged responses
+    all scored the same. Order agreement: comparisons whose two orders named the same response.
+    Length bias: how often the chosen answer is the longer one (equal lengths left out).
+    """
+    prompts = {json.dumps(j["responses"]): j for j in judgments}.values()
+    responses = [
+        r
+        for j in prompts
+        for r in zip(j["responses"], j["finish_reasons"], j["scores"], strict=True)
+    ]
+    comparisons = [c for j in prompts for c in j["comparisons"]]
+    scores = np.array([s for _, _, s in responses if s is not None], dtype=float)
+    judged = [[s for s in j["scores"] if s is not None] for j in prompts]
+    all_tied = sum(len(s) >= 2 and len(set(s)) == 1 for s in judged)
+    pairs = [j for j in judgments if j["chosen_index"] is not None]
+    longer = [
+        len(j["responses"][j["chosen_index"]]) > len(j["responses"][j["rejected_index"]])
+        for j in pairs
+        if len(j["responses"][j["chosen_index"]]) != len(j["responses"][j["rejected_index"]])
+    ]
+
+    def share(part: int, whole: int) -> str:
+        return f"{100 * part / whole:.1f} % ({part:,} of {whole:,})" if whole else "–"
+
+    rows = [
+        ("judge", "; ".join(sorted({j["judge"] for j in prompts}))),
+        ("prompts judged", f"{len(prompts):,}"),
+        ("responses", f"{len(responses):,}"),
+        ("responses truncated", f"{sum(f == 'length' for _, f, _ in responses):,}"),
+        ("responses empty", f"{sum(not t.strip() for t, _, _ in responses):,}"),
+        ("responses scored", f"{len(scores):,}"),
+        ("prompts with all scores tied", share(all_tied, sum(len(s) >= 2 for s in judged))),
+    ]
+    if comparisons:
+        ties = sum(c["winner"] is None for c in comparisons)
+        agree = sum(c["reason"] != "order_disagreement" for c in comparisons)
+        rows += [
+            ("comparisons (each in both orders)", f"{len(comparisons):,}"),
+            ("comparisons tied", share(ties, len(comparisons))),
+            ("order agreement", share(agree, len(comparisons))),
+        ]
+    rows.append(("longer answer chosen", share(sum(longer), len(longer))))
+    seconds = sum(j["seconds"] for j in prompts)
+    rows.append(("judge time", f"{seconds:,.1f} s ({seconds / max(len(prompts), 1):.2f} s/prompt)"))
+    return rows, scores
+
+
 def write_data_card(
     output_dir: Path,
     report: dict[str, Any],
@@ -229,6 +280,7 @@ def write_data_card(
     *,
     labels: Mapping[str, Mapping[str, str]] | None = None,
     tokenizer: "PreTrainedTokenizerBase | None" = None,
+    judgments: Sequence[dict[str, Any]] = (),
 ) -> tuple[Path, Path]:
     """Write `datacard.html` and `datacard.md` into `output_dir`.
 
@@ -241,6 +293,8 @@ def write_data_card(
         labels: Per rejects name, the label columns its stage declares (`{reason: column}`,
             `StageConfig.reject_labels`); the card counts that reason's rejects per value.
         tokenizer: Adds token-length distributions when given.
+        judgments: The `judgment` of every pair and rejected prompt from `binarize` on; adds
+            the judge section (score histogram, tie rate, order agreement, length bias).
 
     Returns:
         The paths of `datacard.html` and `datacard.md`.
@@ -387,6 +441,16 @@ def write_data_card(
         rows = _label_rows(counts)
         html_parts += [f"<h3>{html.escape(title)}</h3>", _table_html(("", "rejected"), rows)]
         md_parts += [f"### {title}", _table_md(("", "rejected"), rows)]
+    if judgments:
+        judge_rows, scores = _judge_summary(judgments)
+        histogram = _svg_histogram(
+            scores, title="response scores", x_label="score", color="#937860"
+        )
+        html_parts += ["<h2>Judge</h2>", _table_html(("", ""), judge_rows), histogram]
+        md_parts += [
+            "## Judge",
+            _table_md(("", ""), [*judge_rows, ("response scores", f"`{_sparkline(scores)}`")]),
+        ]
     html_parts.append("</body></html>")
 
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -373,8 +373,30 @@ def write_run_data_card(run_dir: Path) -> tuple[Path, Path]:
     }
     pairs = pl.concat([scan_frame(run_dir / name) for name in report["outputs"]])
     return write_data_card(
-        run_dir, report, pairs, rejects, labels=labels, tokenizer=_card_tokenizer(spec)
+        run_dir,
+        report,
+        pairs,
+        rejects,
+        labels=labels,
+        tokenizer=_card_tokenizer(spec),
+        judgments=read_judgments(run_dir, report),
     )
+
+
+def read_judgments(run_dir: Path, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `judgment` of every output pair and of every row rejected from `binarize` on."""
+    names = [s["stage"] for s in report["stages"]]
+    if "binarize" not in names:
+        return []
+    first = names.index("binarize")
+    judgments = []
+    for name in report["outputs"]:
+        judgments += scan_frame(run_dir / name).select("judgment").collect()["judgment"].to_list()
+    for index in range(first, len(names)):
+        path = run_dir / "rejects" / f"{index:02d}_{names[index]}.jsonl"
+        with path.open(encoding="utf-8") as lines:
+            judgments += [json.loads(line)["judgment"] for line in lines]
+    return judgments
 
 
 def write_report(run_dir: Path) -> list[Path]:

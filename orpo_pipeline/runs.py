@@ -258,7 +258,8 @@ def without_diff(git: dict[str, Any]) -> dict[str, Any]:
 
 
 def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
-    """What changed from run a to run b: inputs, outputs, config keys, code and packages."""
+    """What changed from run a to run b: inputs, outputs, config keys, code, packages and the
+    evaluation's headline numbers."""
 
     def by_path(files: list[dict[str, Any]]) -> dict[str, Any]:
         return {f["path"]: f["sha256"] for f in files}
@@ -273,6 +274,9 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, 
         "config": _changes(_flatten(a["config"]), _flatten(b["config"])),
         "code": _changes(without_diff(a["git"]), without_diff(b["git"])),
         "packages": _changes(a["environment"]["packages"], b["environment"]["packages"]),
+        "evaluation": _changes(
+            a.get("evaluation", {}).get("summary", {}), b.get("evaluation", {}).get("summary", {})
+        ),
     }
 
 

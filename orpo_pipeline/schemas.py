@@ -5,11 +5,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from orpo_pipeline.evaluation.config import EvalConfig
 from orpo_pipeline.formats import ConvertOptions, FieldMapping
 from orpo_pipeline.io import write_text
 from orpo_pipeline.pipeline import PipelineSpec
 from orpo_pipeline.records import RECORD_MODELS
+from orpo_pipeline.train.compare import CompareConfig
 from orpo_pipeline.train.config import TrainConfig
+from orpo_pipeline.train.recipe import RecipeConfig
 
 
 def schema_models() -> dict[str, type[BaseModel]]:
@@ -21,6 +24,9 @@ def schema_models() -> dict[str, type[BaseModel]]:
     models["field_mapping.schema.json"] = FieldMapping
     models["pipeline.schema.json"] = PipelineSpec
     models["train_config.schema.json"] = TrainConfig
+    models["recipe.schema.json"] = RecipeConfig
+    models["compare_config.schema.json"] = CompareConfig
+    models["eval_config.schema.json"] = EvalConfig
     return models
 
 

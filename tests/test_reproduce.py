@@ -84,7 +84,14 @@ def test_data_and_train_twice_give_the_same_run(tiny_model, tmp_path, monkeypatc
     a, b = weights(first), weights(second)
     assert [name for name in a if not torch.equal(a[name], b[name])] == []
     same = diff_manifests(load_manifest(first), load_manifest(second))
-    assert same == {"inputs": {}, "outputs": {}, "config": {}, "code": {}, "packages": {}}
+    assert same == {
+        "inputs": {},
+        "outputs": {},
+        "config": {},
+        "code": {},
+        "packages": {},
+        "evaluation": {},
+    }
     assert not [p for p in verify_run(load_manifest(second)) if p.startswith("input")]
 
     changed_value = make_train(tiny_model, data, runs, "learning_rate=1e-3")

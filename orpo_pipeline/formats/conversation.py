@@ -4,7 +4,7 @@ import itertools
 import re
 from typing import Any
 
-from orpo_pipeline.formats.rows import MessageDict, RowError
+from orpo_pipeline.formats.rows import MessageDict, RowError, readable
 
 ROLE_NAMES: dict[str, str] = {
     "system": "system",
@@ -50,6 +50,7 @@ def content_text(value: Any, *, where: str) -> str:
     Raises:
         RowError: `wrong_type` for anything else (images, numbers, nested objects).
     """
+    value = readable(value, where=where)
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -79,6 +80,7 @@ def messages(
     Raises:
         RowError: `wrong_type`, `missing_field` or `unknown_role`.
     """
+    value = readable(value, where=where)
     if not isinstance(value, list):
         raise RowError(
             reason="wrong_type", detail=f"{where} should be a list of messages, got {value!r:.80}"
@@ -116,11 +118,17 @@ def prompt_messages(value: Any, *, where: str, system: str | None = None) -> lis
         RowError: `wrong_type` when the prompt is neither.
     """
     head = [{"role": "system", "content": system}] if system else []
+    value = readable(value, where=where)
     if isinstance(value, str):
         return [*head, {"role": "user", "content": value}]
     if isinstance(value, list):
         return [*head, *any_messages(value, where=where)]
     raise RowError(reason="wrong_type", detail=f"{where} should be a string or a list of messages")
+
+
+def join_input(instruction: str, extra: str | None) -> str:
+    """Alpaca's prompt text: instruction + '\\n' + input when the input is not blank."""
+    return f"{instruction}\n{extra}" if extra and extra.strip() else instruction
 
 
 _HH_TAG = re.compile(r"\n\n(Human|Assistant):")

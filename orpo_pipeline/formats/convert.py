@@ -1,5 +1,6 @@
 """`convert_files`: read inputs, detect or take the format, turn rows into canonical pairs."""
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,10 +12,16 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from orpo_pipeline.errors import ConfigError, DataError
-from orpo_pipeline.formats import pairwise, preference, ranked, sft, vectorized
-from orpo_pipeline.formats.mapping import MAPPING_EXAMPLE, mapping_kind, parse_mapping
+from orpo_pipeline.formats import llm_judge, pairwise, preference, ranked, sft, vectorized
+from orpo_pipeline.formats.mapping import (
+    MAPPING_EXAMPLE,
+    mapping_fields,
+    mapping_kind,
+    parse_mapping,
+)
+from orpo_pipeline.formats.markers import strip_markers
 from orpo_pipeline.formats.options import ConvertOptions
-from orpo_pipeline.formats.readers import BadRow, SourceRow, read_rows
+from orpo_pipeline.formats.readers import BadRow, BlankLine, ReadItem, SourceRow, read_rows
 from orpo_pipeline.formats.rows import Pair, Pending, RowError, check_pair
 from orpo_pipeline.records import PAIR_SCHEMA, pair_id
 
@@ -88,11 +95,17 @@ FORMATS: dict[str, Format] = {
         ranked.is_oasst,
         "a message tree: text + role + replies[...] with sibling rank (or {prompt: tree})",
     ),
+    "llm_judge": Format(
+        "pairwise",
+        llm_judge.parse_llm_judge,
+        llm_judge.is_llm_judge,
+        "a FastChat llm_judge folder: question.jsonl + model_answer/ + model_judgment/*_pair.jsonl",
+    ),
     "arena": Format(
         "pairwise",
         pairwise.parse_arena,
         pairwise.is_arena,
-        "conversation_a + conversation_b + winner (Chatbot Arena, MT-bench judgments)",
+        "conversation_a + conversation_b + winner (Chatbot Arena, MT-bench human judgments)",
     ),
     "arena_kaggle": Format(
         "pairwise",
@@ -175,15 +188,24 @@ class ConversionResult:
     kind: Kind
     """The format's record kind: preference, ranked, pairwise, sft or unpaired."""
     rows_in: int
-    """Input rows: JSONL lines (blank lines excluded), array items, Parquet/CSV/datasets rows."""
+    """Input rows: JSONL lines (blank lines excluded), array items, Parquet/CSV/datasets rows;
+    for an llm_judge folder, the judgment lines (questions and answers are looked up)."""
     rows_converted: int
     """Input rows that contributed to at least one pair."""
     options: ConvertOptions
     """The settings used."""
     inputs: tuple[Path, ...]
-    """The input paths, in order."""
+    """The input files, in order (an llm_judge folder's question, answer and judgment files)."""
     pairs_dropped: dict[str, int] = field(default_factory=dict)
     """Candidate pairs of converted rows left out, by reason (e.g. one ranked completion tied)."""
+    rows_by_file: dict[str, int] = field(default_factory=dict)
+    """Input rows per file read for rows."""
+    blank_lines: int = 0
+    """Blank lines of JSONL and CSV inputs: not rows, counted here."""
+    markers_changed: dict[str, int] = field(default_factory=dict)
+    """Texts changed for HH role markers (`role_markers='split'`), by kind of change."""
+    warnings: tuple[str, ...] = ()
+    """Things the user should know that reject no row, e.g. mapped-away fields holding text."""
 
     @property
     def rows_rejected(self) -> int:
@@ -226,12 +248,17 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     kind = mapping_kind(options.mapping) if name == "mapping" and options.mapping else fmt.kind
     collector = _Collector()
     pending: list[Pending] = []
-    for path in paths:
+    markers: Counter[str] = Counter()
+    unused = _UnusedFields(options)
+    for path, rows in _input_rows(paths, name, options):
         source = options.source or path.name
         fast = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
-        first_frame = collector.add_frame(fast.pairs if fast else None)
-        for row in read_rows(path) if fast is None else fast.rest:
-            collector.rows_in += 1
+        first_frame = collector.add_frame(str(path), fast.pairs if fast else None)
+        for row in rows if fast is None else fast.rest:
+            if isinstance(row, BlankLine):
+                collector.blank_lines += 1
+                continue
+            collector.count_row(str(path))
             if isinstance(row, BadRow):
                 collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
                 continue
@@ -250,6 +277,9 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
                     str(path), row.line, source, "invalid_record", detail, row.raw_text()
                 )
                 continue
+            unused.count(row.value)
+            if options.role_markers == "split":
+                records = [strip_markers(record, markers) for record in records]
             if kind in ROW_PAIRERS:
                 collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
             else:
@@ -272,9 +302,58 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
         rows_in=collector.rows_in,
         rows_converted=collector.rows_converted,
         options=options,
-        inputs=tuple(paths),
+        inputs=_input_files(paths, name),
         pairs_dropped=dict(collector.pairs_dropped.most_common()),
+        rows_by_file=dict(collector.rows_by_file),
+        blank_lines=collector.blank_lines,
+        markers_changed=dict(markers.most_common()),
+        warnings=unused.warnings(),
     )
+
+
+def _input_rows(
+    paths: list[Path], name: str, options: ConvertOptions
+) -> Iterator[tuple[Path, Iterator[ReadItem]]]:
+    """Every input file with its rows, in order (read lazily); an llm_judge layout gives its
+    judgment files with the joined judgments."""
+    if name == "llm_judge":
+        joined = llm_judge.joined_rows(llm_judge.check_paths(paths), options)
+        for path, items in itertools.groupby(joined, key=lambda item: item[0]):
+            yield path, (row for _, row in items)
+        return
+    for path in paths:
+        yield path, read_rows(path, salvage=options.salvage)
+
+
+def _input_files(paths: list[Path], name: str) -> tuple[Path, ...]:
+    return llm_judge.check_paths(paths).all() if name == "llm_judge" else tuple(paths)
+
+
+class _UnusedFields:
+    """Counts, per field a field mapping does not name, the rows where it holds a value."""
+
+    def __init__(self, options: ConvertOptions) -> None:
+        self.mapped = mapping_fields(options.mapping) if options.mapping else None
+        self.rows: Counter[str] = Counter()
+
+    def count(self, row: dict[str, Any]) -> None:
+        if self.mapped is not None:
+            self.rows.update(
+                key for key, value in row.items() if key not in self.mapped and _filled(value)
+            )
+
+    def warnings(self) -> tuple[str, ...]:
+        if not self.rows:
+            return ()
+        listing = ", ".join(f"{key!r} ({count} rows)" for key, count in self.rows.most_common())
+        return (
+            f"the field mapping leaves fields unused that hold values: {listing}; map them "
+            "(e.g. `input` for Alpaca context) or ignore this if they hold no content",
+        )
+
+
+def _filled(value: Any) -> bool:
+    return value is not None and value != "" and value != [] and value != {}
 
 
 def _preference_pairs(pair: Pair, options: ConvertOptions) -> list[Pair]:
@@ -303,11 +382,17 @@ class _Collector:
 
     def __init__(self) -> None:
         self.rows_in = 0
+        self.rows_by_file: Counter[str] = Counter()
+        self.blank_lines = 0
         self.rows_converted = 0
         self.rejects: list[tuple[str, int, str, str, str, str]] = []
         self.pairs_dropped: Counter[str] = Counter()
         self._columns: dict[str, list[Any]] = {name: [] for name in _OUTPUT_SCHEMA}
         self._frames: list[pl.DataFrame] = []
+
+    def count_row(self, file: str) -> None:
+        self.rows_in += 1
+        self.rows_by_file[file] += 1
 
     def reject(self, file: str, line: int, source: str, reason: str, detail: str, raw: str) -> None:
         self.rejects.append((file, line, source, reason, detail, raw))
@@ -362,13 +447,15 @@ class _Collector:
         if len(columns["id"]) >= FRAME_CHUNK_PAIRS:
             self._flush()
 
-    def add_frame(self, pairs: pl.DataFrame | None) -> int:
-        """Append pairs made elsewhere, one per converted row; return where they start."""
+    def add_frame(self, file: str, pairs: pl.DataFrame | None) -> int:
+        """Append pairs made elsewhere from rows of `file`, one per converted row; return where
+        they start."""
         self._flush()
         start = len(self._frames)
-        if pairs is not None:
+        if pairs is not None and pairs.height:
             self._frames.append(pairs)
             self.rows_in += pairs.height
+            self.rows_by_file[file] += pairs.height
             self.rows_converted += pairs.height
         return start
 
@@ -404,6 +491,8 @@ def _format_name(paths: list[Path], options: ConvertOptions) -> str:
             msg = "format 'mapping' needs a field mapping (--mapping)"
             raise ConfigError(msg)
         return options.format
+    if llm_judge.judge_files(paths) is not None:
+        return "llm_judge"
     detected = {path: detect_format(path) for path in paths}
     names = set(detected.values())
     if len(names) > 1:
@@ -432,7 +521,9 @@ def detect_format(path: Path) -> str:
                 return name
     keys = sorted({key for value in sample for key in value})[:20]
     looked_for = "\n".join(
-        f"  {name:<20} {fmt.looks_for}" for name, fmt in FORMATS.items() if name != "mapping"
+        f"  {name:<20} {fmt.looks_for}"
+        for name, fmt in FORMATS.items()
+        if name not in ("mapping", "llm_judge")
     )
     found = f"fields {keys}" if keys else "no readable rows"
     msg = (

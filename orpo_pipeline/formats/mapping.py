@@ -8,8 +8,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from orpo_pipeline.errors import ConfigError
-from orpo_pipeline.formats.conversation import content_text, prompt_messages
-from orpo_pipeline.formats.rows import Pair, RowError, field, list_field, number
+from orpo_pipeline.formats.conversation import content_text, join_input, prompt_messages
+from orpo_pipeline.formats.rows import MessageDict, Pair, RowError, field, list_field, number
 from orpo_pipeline.records import Completion, PairwiseJudgment, RankedRecord, SFTRecord
 
 if TYPE_CHECKING:
@@ -42,6 +42,9 @@ class FieldMapping(BaseModel):
 
     prompt: str
     """Field holding the prompt: a string (one user turn) or a list of messages."""
+    input: str | None = None
+    """Field holding extra context for the prompt (Alpaca's `input`); when non-empty it is joined
+    to the last user turn as prompt + '\\n' + input, as the `alpaca` format does."""
     system: str | None = None
     """Field holding a system message, if any."""
     chosen: str | None = None
@@ -105,6 +108,23 @@ class FieldMapping(BaseModel):
         if len(self.responses) > 1 and len(values) != len(self.responses):
             msg = "give one score or rank field per `responses` field"
             raise ValueError(msg)
+
+
+def mapping_fields(mapping: FieldMapping) -> set[str]:
+    """The top-level input fields a mapping reads ('meta.text' reads 'meta')."""
+    names = [
+        mapping.prompt,
+        mapping.input,
+        mapping.system,
+        mapping.chosen,
+        mapping.rejected,
+        mapping.response,
+        mapping.winner,
+        *mapping.responses,
+        *mapping.scores,
+        *mapping.ranks,
+    ]
+    return {name.split(".")[0] for name in names if name is not None}
 
 
 def mapping_kind(mapping: FieldMapping) -> Literal["preference", "ranked", "pairwise", "sft"]:
@@ -171,6 +191,9 @@ def parse_mapping(row: dict[str, Any], options: "ConvertOptions") -> list[Any]:
     if mapping.system is not None and row.get(mapping.system) is not None:
         system = content_text(field(row, mapping.system), where=repr(mapping.system))
     prompt = prompt_messages(field(row, mapping.prompt), where=repr(mapping.prompt), system=system)
+    if mapping.input is not None and row.get(mapping.input) is not None:
+        extra = content_text(field(row, mapping.input), where=repr(mapping.input))
+        prompt = _with_input(prompt, extra)
     kind = mapping_kind(mapping)
     if kind == "preference":
         chosen = _text(row, mapping.chosen)
@@ -198,6 +221,14 @@ def parse_mapping(row: dict[str, Any], options: "ConvertOptions") -> list[Any]:
             reason="too_few_completions", detail="fewer than two answers have a score or rank"
         )
     return [RankedRecord(prompt=prompt, completions=completions)]
+
+
+def _with_input(prompt: list[MessageDict], extra: str) -> list[MessageDict]:
+    """The prompt with `extra` joined to its last user turn (Alpaca's instruction + input)."""
+    if not extra.strip() or prompt[-1]["role"] != "user":
+        return prompt
+    last = {**prompt[-1], "content": join_input(prompt[-1]["content"], extra)}
+    return [*prompt[:-1], last]
 
 
 def _text(row: dict[str, Any], name: str | None) -> str:

@@ -38,9 +38,17 @@ class ConvertOptions(BaseModel):
     """Pairwise judgments: when judges of the same two answers disagree, drop them all or follow
     the majority (an even split is dropped)."""
 
-    negatives: Literal["model", "other_prompt", "truncated"] = "model"
-    """SFT data: where rejected answers come from: a model's generation, the answer of another
-    prompt, or the reference answer cut short."""
+    role_markers: Literal["split", "keep"] = "split"
+    """Text starting with HH role labels ('Human:', 'Assistant:'): split a prompt transcript into
+    its turns and strip a leading label from answers ('split'), or keep the text as it is."""
+    salvage: bool = False
+    """A JSONL(.gz) file cut short: convert every complete line before the break and reject the
+    rest as one `truncated_file` row, instead of refusing the file."""
+
+    negatives: Literal["other_prompt", "truncated", "model"] = "other_prompt"
+    """SFT data: where rejected answers come from: the answer of another prompt (instant), the
+    reference answer cut short (instant), or a model's generation (slow on CPU: it says what it
+    will run and how long before it starts)."""
     truncate_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
     """SFT data with `negatives='truncated'`: fraction of the answer's words kept."""
     model: str = "default"
@@ -54,6 +62,9 @@ class ConvertOptions(BaseModel):
     cache_dir: Path | None = None
     """SFT data with `negatives='model'`: generation cache folder; None uses
     `$ORPO_PIPELINE_CACHE` or `~/.cache/orpo-pipeline`."""
+    yes: bool = False
+    """SFT data with `negatives='model'`: start generating without asking, even when the
+    estimate is long (the question is only asked on a terminal)."""
 
     @model_validator(mode="after")
     def _check_knobs(self) -> Self:

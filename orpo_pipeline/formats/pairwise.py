@@ -94,8 +94,12 @@ def is_arena_kaggle(row: dict[str, Any]) -> bool:
 
 def parse_alpaca_eval(row: dict[str, Any], options: ConvertOptions) -> list[PairwiseJudgment]:
     """AlpacaEval annotations: `instruction`, `output_1`, `output_2`, `preference` (1 or 2 names
-    the better output; 0 is a tie; null an error). Floats such as 2.0 are read as 2."""
+    the better output; 0 is a tie; null an error). Floats such as 2.0 are read as 2. A row
+    without the `preference` key is `missing_field`."""
     prompt = [{"role": "user", "content": text_field(row, "instruction")}]
+    if "preference" not in row:
+        detail = "field 'preference' (the judge's verdict) is missing"
+        raise RowError(reason="missing_field", detail=detail)
     verdict = _lookup(row, "preference", ALPACA_EVAL_PREFERENCES, missing_ok=True)
     return [
         PairwiseJudgment(
@@ -108,8 +112,8 @@ def parse_alpaca_eval(row: dict[str, Any], options: ConvertOptions) -> list[Pair
 
 
 def is_alpaca_eval(row: dict[str, Any]) -> bool:
-    """`instruction`, `output_1` and `output_2` are present."""
-    return all(key in row for key in ("instruction", "output_1", "output_2"))
+    """`instruction`, `output_1`, `output_2` and the verdict `preference` are present."""
+    return all(key in row for key in ("instruction", "output_1", "output_2", "preference"))
 
 
 def _lookup(

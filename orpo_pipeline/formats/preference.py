@@ -7,6 +7,7 @@ from orpo_pipeline.formats.conversation import (
     check_alternation,
     content_text,
     hh_messages,
+    join_input,
     messages,
     prompt_messages,
     split_last_answers,
@@ -225,7 +226,7 @@ def alpaca_prompt(row: dict[str, Any]) -> list[MessageDict]:
     extra = row.get("input")
     if extra is not None and not isinstance(extra, str):
         raise RowError(reason="wrong_type", detail="field 'input' should be a string")
-    text = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
+    text = join_input(instruction, extra)
     system = _optional_text(row, "system")
     prompt = [{"role": "system", "content": system}] if system else []
     history = row.get("history") or []

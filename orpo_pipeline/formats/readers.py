@@ -5,12 +5,18 @@ record batches, CSV record by record and `datasets` folders through memory-mappe
 stays bounded. A `.json` document is parsed whole; use JSONL for large data.
 
 A row that cannot be read becomes a `BadRow` with its line and reason; a file that cannot be read
-at all (a truncated or corrupt gzip stream, a broken Parquet footer) raises a `DataError` naming it.
+at all (a truncated or corrupt gzip stream, a broken Parquet footer) raises a `DataError` naming it,
+unless `salvage` is set: then a JSONL stream cut short yields every complete line before the break
+and one `BadRow` (`truncated_file`) for the rest.
+
+`line` is the 1-based text line where a record starts for JSONL, JSON and CSV, and the 1-based
+record number for Parquet and `datasets` folders (see `POSITION_UNITS`).
 """
 
 import codecs
 import csv
 import gzip
+import itertools
 import json
 import re
 import zlib
@@ -26,8 +32,11 @@ MAX_RAW_CHARS = 4096
 PARQUET_BATCH_ROWS = 4096
 
 MAX_NESTING = 200
-"""Rows whose values nest deeper than this are rejected (`too_deeply_nested`): real data nests
-fewer than 20 levels, and deeper values would exhaust Python's recursion limit further on."""
+"""A top-level field whose value nests deeper than this is replaced by `TOO_DEEP`: real data nests
+fewer than 20 levels, and deeper values would exhaust Python's recursion limit further on. A format
+that reads the field rejects the row (`too_deeply_nested`); one that does not read it never sees it.
+A line nesting deeper than the JSON parser itself allows (about 1000 levels) cannot be read at all
+and is rejected whatever the format."""
 
 CSV_FIELD_LIMIT = 1 << 30
 """Largest CSV field in characters (the `csv` module's default of 131072 is too small for long
@@ -38,7 +47,7 @@ _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class SourceRow(NamedTuple):
-    """One input row that parsed as an object; `line` is the 1-based line or array position."""
+    """One input row that parsed as an object; `line` is where it starts (see `POSITION_UNITS`)."""
 
     line: int
     value: dict[str, Any]
@@ -55,13 +64,22 @@ class SourceRow(NamedTuple):
 
 class BadRow(NamedTuple):
     """One input row that could not be read; `reason` is `invalid_utf8` (bytes that are not
-    UTF-8, or a lone surrogate escape such as `\\ud800`), `invalid_json`, `not_an_object` or
-    `too_deeply_nested`."""
+    UTF-8, or a lone surrogate escape such as `\\ud800`), `invalid_json`, `not_an_object`,
+    `too_deeply_nested` (beyond the JSON parser's limit) or, when salvaging, `truncated_file`."""
 
     line: int
     reason: str
     detail: str
     raw: str
+
+
+class BlankLine(NamedTuple):
+    """A blank line of a JSONL or CSV file: not a row, but counted in the report."""
+
+    line: int
+
+
+ReadItem = SourceRow | BadRow | BlankLine
 
 
 def input_kind(path: Path) -> str:
@@ -74,7 +92,10 @@ def input_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return "datasets"
-        msg = f"{path} is a folder but not a `datasets` save_to_disk folder (no dataset_info.json)"
+        msg = (
+            f"{path} is a folder but not a `datasets` save_to_disk folder (no dataset_info.json)"
+            " nor a FastChat llm_judge folder (question.jsonl, model_answer/, model_judgment/)"
+        )
         raise DataError(msg)
     if not path.exists():
         msg = f"input file {path} does not exist"
@@ -89,28 +110,29 @@ def input_kind(path: Path) -> str:
     raise DataError(msg)
 
 
-def read_rows(path: Path) -> Iterator[SourceRow | BadRow]:
-    """Every row of `path` in file order, as a `SourceRow` or a `BadRow`.
-
-    Blank lines of a JSONL file are not rows.
+def read_rows(path: Path, *, salvage: bool = False) -> Iterator[ReadItem]:
+    """Every row of `path` in file order, as a `SourceRow` or a `BadRow`; blank lines of JSONL
+    and CSV files as `BlankLine` (they are not rows).
 
     Raises:
-        DataError: the file as a whole cannot be read (missing, truncated or corrupt gzip, a
-            broken Parquet file, a JSON document that does not parse or holds no array, a
-            non-UTF-8 JSON document or CSV header, an I/O error).
+        DataError: the file as a whole cannot be read (missing, truncated or corrupt gzip unless
+            `salvage`, a broken Parquet file, a JSON document that does not parse or holds no
+            array, a non-UTF-8 JSON document or CSV header, an I/O error).
     """
-    reader = READERS[input_kind(path)]
-    return _naming_the_file(path, reader(path))
+    kind = input_kind(path)
+    rows = _read_jsonl(path, salvage=salvage) if kind == "jsonl" else READERS[kind](path)
+    return _naming_the_file(path, rows)
 
 
-def _naming_the_file(
-    path: Path, rows: Iterator[SourceRow | BadRow]
-) -> Iterator[SourceRow | BadRow]:
+def _naming_the_file(path: Path, rows: Iterator[ReadItem]) -> Iterator[ReadItem]:
     """`rows`, with the errors that end the reading of a file raised as a DataError naming it."""
     try:
         yield from rows
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # only gzip streams raise these
-        msg = f"{path} is not a valid gzip file (corrupt or cut short): {error}"
+        msg = (
+            f"{path} is not a valid gzip file (corrupt or cut short): {error}. "
+            "--salvage converts the complete lines before the break"
+        )
         raise DataError(msg) from error
     except OSError as error:
         msg = f"cannot read {path}: {error.strerror or error}"
@@ -121,13 +143,27 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
-def _read_jsonl(path: Path) -> Iterator[SourceRow | BadRow]:
+def _read_jsonl(path: Path, *, salvage: bool = False) -> Iterator[ReadItem]:
+    number, offset = 0, 0
     with _open_binary(path) as stream:
-        # Binary iteration splits on b"\n" only, never on U+2028 or other line breaks.
-        for number, line_bytes in enumerate(stream, start=1):
-            if not line_bytes.strip():
-                continue
-            yield _parse_json_line(number, line_bytes)
+        try:
+            # Binary iteration splits on b"\n" only, never on U+2028 or other line breaks.
+            for number, line_bytes in enumerate(stream, start=1):
+                offset += len(line_bytes)
+                yield (
+                    BlankLine(number)
+                    if not line_bytes.strip()
+                    else _parse_json_line(number, line_bytes)
+                )
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            if not salvage:
+                raise
+            detail = (
+                f"the gzip stream breaks in line {number + 1} ({error}); lines 1-{number} "
+                f"({offset} uncompressed bytes) were read, the rest of {path.name} "
+                f"({path.stat().st_size} compressed bytes) is lost"
+            )
+            yield BadRow(number + 1, "truncated_file", detail, "")
 
 
 def _parse_json_line(number: int, line_bytes: bytes) -> SourceRow | BadRow:
@@ -151,11 +187,21 @@ def _parse_json_line(number: int, line_bytes: bytes) -> SourceRow | BadRow:
     except ValueError as error:  # an integer of more than 4300 digits
         return BadRow(number, "invalid_json", str(error), text[:MAX_RAW_CHARS])
     if not isinstance(value, dict):
-        detail = f"the line holds a JSON {type(value).__name__}, not an object"
+        detail = f"the line holds a JSON {json_type(value)}, not an object"
         return BadRow(number, "not_an_object", detail, text[:MAX_RAW_CHARS])
     if _may_hold_problems(text) and (problem := _value_problem(value)):
         return BadRow(number, *problem, text[:MAX_RAW_CHARS])
     return SourceRow(number, value, text)
+
+
+def json_type(value: Any) -> str:
+    """JSON's name for a parsed value's type: object, array, string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _may_hold_problems(text: str) -> bool:
@@ -166,20 +212,35 @@ def _may_hold_problems(text: str) -> bool:
     )
 
 
+class TooDeep:
+    """Stands in for a field value that nests deeper than `MAX_NESTING`."""
+
+    def __repr__(self) -> str:
+        return f"<a value nesting deeper than {MAX_NESTING} levels>"
+
+    __str__ = __repr__
+
+
+TOO_DEEP = TooDeep()
+
+
 def _value_problem(value: Any) -> tuple[str, str] | None:
-    """(reason, detail) when a parsed value nests deeper than `MAX_NESTING` or holds a lone
-    surrogate (valid JSON, but no character: it cannot be written as UTF-8)."""
+    """(reason, detail) when a parsed value holds a lone surrogate (valid JSON, but no character:
+    it cannot be written as UTF-8). Top-level fields that nest deeper than `MAX_NESTING` are
+    replaced by `TOO_DEEP` in place."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _nests_deeper(item, MAX_NESTING - 1):
+                value[key] = TOO_DEEP
     surrogate = False
-    stack = [(value, 1)]
+    stack = [value]
     while stack:
-        item, depth = stack.pop()
-        if depth > MAX_NESTING:
-            return "too_deeply_nested", f"values nest deeper than {MAX_NESTING} levels"
+        item = stack.pop()
         if isinstance(item, dict):
             surrogate = surrogate or any(_LONE_SURROGATE.search(key) for key in item)
-            stack.extend((child, depth + 1) for child in item.values())
+            stack.extend(item.values())
         elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend(item)
         elif isinstance(item, str):
             surrogate = surrogate or _LONE_SURROGATE.search(item) is not None
     if surrogate:
@@ -187,7 +248,39 @@ def _value_problem(value: Any) -> tuple[str, str] | None:
     return None
 
 
-def _read_json(path: Path) -> Iterator[SourceRow | BadRow]:
+def _nests_deeper(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def _read_json(path: Path) -> Iterator[ReadItem]:
+    text, _, items = _json_records(path)
+    check = _may_hold_problems(text)
+    for number, item in items:
+        problem = _value_problem(item) if check else None
+        if problem is not None:
+            # ASCII escapes: the text may hold lone surrogates.
+            raw = json.dumps(item, default=str)[:MAX_RAW_CHARS]
+            yield BadRow(number, *problem, raw)
+        elif isinstance(item, dict):
+            yield SourceRow(number, item)
+        else:
+            raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
+            detail = f"array item is a JSON {json_type(item)}, not an object"
+            yield BadRow(number, "not_an_object", detail, raw)
+
+
+def _json_records(path: Path) -> tuple[str, str, list[tuple[int, Any]]]:
+    """(text, position unit, [(position, item)]) of a JSON document: positions are the lines
+    where the items start when each starts on a line of its own, else record numbers."""
     with _open_binary(path) as stream:
         data = stream.read()
     try:
@@ -208,42 +301,77 @@ def _read_json(path: Path) -> Iterator[SourceRow | BadRow]:
     except ValueError as error:  # an integer of more than 4300 digits
         msg = f"{path} is not a JSON document Python can read: {error}"
         raise DataError(msg) from error
-    items = _json_items(path, document)
-    check = _may_hold_problems(text)
-    for number, item in enumerate(items, start=1):
-        problem = _value_problem(item) if check else None
-        if problem is not None:
-            # ASCII escapes: the text may hold lone surrogates; too deep a value is not shown.
-            raw = "" if problem[0] == "too_deeply_nested" else json.dumps(item)[:MAX_RAW_CHARS]
-            yield BadRow(number, *problem, raw)
-        elif isinstance(item, dict):
-            yield SourceRow(number, item)
-        else:
-            raw = json.dumps(item, ensure_ascii=False)[:MAX_RAW_CHARS]
-            detail = f"array item is a JSON {type(item).__name__}, not an object"
-            yield BadRow(number, "not_an_object", detail, raw)
+    _check_json_layout(path, document)
+    items = _json_items(text)
+    if all(before[0] < after[0] for before, after in itertools.pairwise(items)):
+        return text, "line", items
+    return text, "record", [(number, item) for number, (_, item) in enumerate(items, start=1)]
 
 
-def _json_items(path: Path, document: Any) -> list[Any]:
-    """An array, or the arrays of an object such as {'train': [...], 'test': [...]}, in order."""
-    if isinstance(document, list):
-        return document
-    if (
+def position_unit(path: Path) -> str:
+    """What a row's `line` counts in `path`: 'line' (where the record starts) or 'record'."""
+    kind = input_kind(path)
+    return _json_records(path)[1] if kind == "json" else POSITION_UNITS[kind]
+
+
+def _check_json_layout(path: Path, document: Any) -> None:
+    """Raise unless `document` is an array or an object whose values are all arrays."""
+    if isinstance(document, list) or (
         isinstance(document, dict)
         and document
         and all(isinstance(value, list) for value in document.values())
     ):
-        return [item for value in document.values() for item in value]
+        return
     keys = sorted(document)[:10] if isinstance(document, dict) else []
     msg = (
-        f"{path} holds a JSON {type(document).__name__}"
+        f"{path} holds a JSON {json_type(document)}"
         + (f" with keys {keys}" if keys else "")
         + "; expected an array of records or an object whose values are arrays of records"
     )
     raise DataError(msg)
 
 
-def _read_parquet(path: Path) -> Iterator[SourceRow | BadRow]:
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_items(text: str) -> list[tuple[int, Any]]:
+    """(line where it starts, item) of every item of a checked array or object of arrays."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+
+    def skip(index: int) -> int:
+        return _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+
+    def array(index: int) -> int:
+        """Append the items of the array at `index`; return the index after its "]"."""
+        index = skip(index + 1)
+        while text[index] != "]":
+            item, end = decoder.raw_decode(text, index)
+            items.append((index, item))
+            index = skip(end)
+            if text[index] == ",":
+                index = skip(index + 1)
+        return index + 1
+
+    index = skip(0)
+    if text[index] == "[":
+        array(index)
+    else:
+        index = skip(index + 1)  # past "{"
+        while text[index] != "}":
+            _, index = decoder.raw_decode(text, index)  # the key
+            index = skip(array(skip(skip(index) + 1)))  # past ":", then the array
+            if text[index] == ",":
+                index = skip(index + 1)
+    lines, line, counted = [], 1, 0
+    for offset, item in items:
+        line += text.count("\n", counted, offset)
+        counted = offset
+        lines.append((line, item))
+    return lines
+
+
+def _read_parquet(path: Path) -> Iterator[ReadItem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -258,26 +386,34 @@ def _read_parquet(path: Path) -> Iterator[SourceRow | BadRow]:
         raise DataError(msg) from error
 
 
-def _read_csv(path: Path) -> Iterator[SourceRow | BadRow]:
+def _read_csv(path: Path) -> Iterator[ReadItem]:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is rejected
     # instead of the whole file failing; utf-8-sig drops a byte order mark.
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as stream:
-        reader = csv.DictReader(stream)
+        reader = csv.reader(stream)
         try:
-            header = reader.fieldnames or []
+            header = next(reader, [])
             if any(_has_surrogate(name) for name in header):
                 msg = f"{path}: the header line holds bytes that are not UTF-8"
                 raise DataError(msg)
-            for number, record in enumerate(reader, start=1):
-                if any(_has_surrogate(value) for value in record.values()):
+            end = reader.line_num
+            for values in reader:
+                # A record starts on the line after the previous one ended (quoted newlines).
+                start, end = end + 1, reader.line_num
+                if not values:
+                    yield BlankLine(start)
+                    continue
+                # Like csv.DictReader: missing values are None, extra ones are dropped.
+                record = dict(itertools.zip_longest(header, values[: len(header)]))
+                record.pop("", None)
+                if any(_has_surrogate(value) for value in values):
                     raw = json.dumps(record, ensure_ascii=False, default=str)
                     raw = raw.encode("utf-8", errors="replace").decode("utf-8")[:MAX_RAW_CHARS]
-                    yield BadRow(
-                        number, "invalid_utf8", "the record holds bytes that are not UTF-8", raw
-                    )
+                    detail = "the record holds bytes that are not UTF-8"
+                    yield BadRow(start, "invalid_utf8", detail, raw)
                 else:
-                    yield SourceRow(number, {key: value for key, value in record.items() if key})
+                    yield SourceRow(start, record)
         except csv.Error as error:
             msg = f"{path}: line {reader.line_num} is not valid CSV: {error}"
             raise DataError(msg) from error
@@ -289,7 +425,7 @@ def _has_surrogate(value: Any) -> bool:
     return isinstance(value, str) and _LONE_SURROGATE.search(value) is not None
 
 
-def _read_datasets(path: Path) -> Iterator[SourceRow | BadRow]:
+def _read_datasets(path: Path) -> Iterator[ReadItem]:
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
@@ -310,6 +446,15 @@ READER_SUFFIXES = {
     ".parquet": "parquet",
     ".csv": "csv",
 }
+POSITION_UNITS = {
+    "jsonl": "line",
+    "json": "line",  # unless several items start on one line: then records (`position_unit`)
+    "csv": "line",
+    "parquet": "record",
+    "datasets": "record",
+}
+"""What a row's `line` counts, by reader: the text line where the record starts, or the 1-based
+record number for binary inputs."""
 READERS = {
     "jsonl": _read_jsonl,
     "json": _read_json,

@@ -3,6 +3,7 @@
 from typing import Any, NamedTuple
 
 from orpo_pipeline.errors import DataError
+from orpo_pipeline.formats.readers import MAX_NESTING, TooDeep
 
 MessageDict = dict[str, str]
 """One message as a plain dict: {'role': ..., 'content': ...}."""
@@ -41,13 +42,26 @@ def field(row: dict[str, Any], name: str) -> Any:
     """Value of `name` in `row`; dotted names reach into nested objects ('meta.question').
 
     Raises:
-        RowError: `missing_field` when the field (or a parent) is absent or null.
+        RowError: `missing_field` when the field (or a parent) is absent or null;
+            `too_deeply_nested` when it nests deeper than the readers keep.
     """
     value: Any = row
     for part in name.split("."):
         if not isinstance(value, dict) or value.get(part) is None:
             raise RowError(reason="missing_field", detail=f"field {name!r} is missing or null")
-        value = value[part]
+        value = readable(value[part], where=f"field {name!r}")
+    return value
+
+
+def readable(value: Any, *, where: str) -> Any:
+    """`value`, unless the reader replaced it for nesting too deeply.
+
+    Raises:
+        RowError: `too_deeply_nested`.
+    """
+    if isinstance(value, TooDeep):
+        detail = f"{where} nests deeper than {MAX_NESTING} levels"
+        raise RowError(reason="too_deeply_nested", detail=detail)
     return value
 
 

@@ -15,10 +15,15 @@ answers go the SFT route.
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import click
+
+from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.conversation import any_messages, messages, prompt_messages
+from orpo_pipeline.formats.generate import FirstBatch, GenerationPlan, generate_answers
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import alpaca_prompt
 from orpo_pipeline.formats.rows import (
@@ -71,9 +76,14 @@ def is_openai_messages(row: dict[str, Any]) -> bool:
     )
 
 
+ALPACA_ANSWER_FIELDS = ("output", "response", "answer", "completion")
+"""Keys Alpaca-style SFT files hold the answer under, in the order they are looked for."""
+
+
 def parse_alpaca(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord]:
-    """Alpaca: `instruction` (+ `input`, `system`, `history`) and `output`; or self-instruct's
-    `instruction` with `instances[{input, output}]`, one record per instance."""
+    """Alpaca: `instruction` (+ `input`, `system`, `history`) and an answer under `output`,
+    `response`, `answer` or `completion`; or self-instruct's `instruction` with
+    `instances[{input, output}]`, one record per instance."""
     if isinstance(row.get("instances"), list):
         if not row["instances"]:
             raise RowError(reason="missing_field", detail="field 'instances' is an empty list")
@@ -87,13 +97,18 @@ def parse_alpaca(row: dict[str, Any], options: ConvertOptions) -> list[SFTRecord
             answer = text_field(merged, "output")
             records.append(_sft([*alpaca_prompt(merged), _assistant(answer)]))
         return records
-    return [_sft([*alpaca_prompt(row), _assistant(text_field(row, "output"))])]
+    answer_field = next(
+        (name for name in ALPACA_ANSWER_FIELDS if row.get(name) is not None), "output"
+    )
+    return [_sft([*alpaca_prompt(row), _assistant(text_field(row, answer_field))])]
 
 
 def is_alpaca(row: dict[str, Any]) -> bool:
-    """`instruction` with a string `output` or an `instances` list."""
+    """`instruction` with a string answer (`output`, `response`, `answer`, `completion`) or an
+    `instances` list."""
     return isinstance(row.get("instruction"), str) and (
-        isinstance(row.get("output"), str) or isinstance(row.get("instances"), list)
+        any(isinstance(row.get(name), str) for name in ALPACA_ANSWER_FIELDS)
+        or isinstance(row.get("instances"), list)
     )
 
 
@@ -246,11 +261,62 @@ def other_prompt_answers(targets: list[_Target], options: ConvertOptions) -> lis
     return results
 
 
-def model_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
-    """Each prompt answered by `options.model` (cached by model, prompt and settings)."""
-    from orpo_pipeline.formats.generate import generate_answers
+CONFIRM_OVER_S = 300.0
+"""Generation estimated to take longer than this asks before it goes on (on a terminal)."""
 
-    return list(generate_answers([target.prompt for target in targets], options))
+
+def model_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+    """Each prompt answered by `options.model` (cached by model, prompt and settings).
+
+    Says what will run before the model loads, then the time the first batch took and the
+    estimate for the rest; on a terminal, asks before going on when that exceeds
+    `CONFIRM_OVER_S` (unless `options.yes`).
+    """
+
+    def on_plan(plan: GenerationPlan) -> None:
+        if plan.to_generate:
+            _say(
+                f"negatives=model: generating rejected answers with {plan.model} for "
+                f"{plan.to_generate} prompts ({plan.cached} cached), "
+                f"{options.generation_batch_size} per batch, up to {options.max_new_tokens} new "
+                "tokens each; timing the first batch (--negatives other_prompt or truncated "
+                "needs no model)"
+            )
+
+    def on_first_batch(batch: FirstBatch) -> None:
+        batches_left = -(-batch.remaining // options.generation_batch_size)
+        estimate = batch.seconds * batches_left
+        _say(
+            f"first batch: {batch.prompts} prompts in {batch.seconds:.1f} s; about "
+            f"{_duration(estimate)} for the other {batch.remaining} (the first batch holds the "
+            "longest prompts, so this errs long)"
+        )
+        ask = estimate > CONFIRM_OVER_S and not options.yes and _interactive()
+        if ask and not click.confirm("continue generating?", default=False, err=True):
+            msg = (
+                "generation stopped at your request; the answers generated so far are "
+                "cached and a rerun goes on from there. --negatives other_prompt or "
+                "truncated needs no model; --yes skips this question"
+            )
+            raise ConfigError(msg)
+
+    prompts = [target.prompt for target in targets]
+    return list(generate_answers(prompts, options, on_plan=on_plan, on_first_batch=on_first_batch))
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 2:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 NEGATIVES = {

@@ -24,7 +24,8 @@ from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.readers import (
     MAX_NESTING,
-    BadRow,
+    BlankLine,
+    ReadItem,
     SourceRow,
     _parse_json_line,
     input_kind,
@@ -55,16 +56,19 @@ class FastRows(NamedTuple):
 
     pairs: pl.DataFrame
     """PAIR_SCHEMA columns plus `_file` and `_line`, one pair per converted row, in file order."""
-    rest: list[SourceRow | BadRow]
-    """The other rows, in file order."""
+    rest: list[ReadItem]
+    """The other rows and the blank lines, in file order."""
 
 
 def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> FastRows | None:
     """Convert what can be converted of `path` (format `name`) with Polars; None when the format
-    or the file kind has no vectorised path (the caller converts every row itself)."""
+    or the file kind has no vectorised path, or when salvaging (the caller converts every row
+    itself). With `role_markers='split'`, pairs with a text that starts with a role label go
+    back to the per-row converter, which splits or strips the labels and counts the changes."""
     build = _BUILDERS.get(name)
-    if build is None or options.mapping is not None:
+    if build is None or options.mapping is not None or options.salvage:
         return None
+    split = options.role_markers == "split"
     kind = input_kind(path)
     if kind == "parquet":
         try:
@@ -72,7 +76,7 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
             frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
             return None  # the per-row reader reports what is wrong with the file
-        pairs = build(frame.lazy(), frame.schema).collect()
+        pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
         rest = _rest_lines(frame["_line"], pairs)
         values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
         rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
@@ -80,11 +84,33 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
     parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
-    pairs = pl.concat(parts, how="diagonal_relaxed").sort("_line")
-    rest = _rest_lines(lines.filter(_is_row(pl.col("_text")))["_line"], pairs)
+    pairs = _without_markers(pl.concat(parts, how="diagonal_relaxed").sort("_line"), split=split)
+    is_row = _is_row(pl.col("_text"))
+    rest = _rest_lines(lines.filter(is_row)["_line"], pairs)
     texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
     rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
-    return FastRows(_finish(pairs, path, source), rows)
+    blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
+    return FastRows(_finish(pairs, path, source), sorted([*rows, *blank], key=lambda r: r.line))
+
+
+_LEADING_LABEL = r"^[\s\x1c-\x1f]*(Human|Assistant):"
+"""Text that `markers.strip_markers` may change (it also checks the message's role; taking
+every such text back to the per-row converter is never wrong)."""
+
+
+def _without_markers(pairs: pl.DataFrame, *, split: bool) -> pl.DataFrame:
+    """`pairs` less those with a prompt message or answer starting with a role label, when
+    `split` (their rows then go to the per-row converter as rows without a pair)."""
+    if not split or not pairs.height:
+        return pairs
+    labelled = (
+        pl.col("prompt")
+        .list.eval(pl.element().struct.field("content").str.contains(_LEADING_LABEL))
+        .list.any()
+        | pl.col("_chosen").str.contains(_LEADING_LABEL)
+        | pl.col("_rejected").str.contains(_LEADING_LABEL)
+    )
+    return pairs.filter(~labelled.fill_null(value=False))
 
 
 def _rest_lines(lines: pl.Series, pairs: pl.DataFrame) -> np.ndarray:

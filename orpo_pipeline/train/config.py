@@ -1,11 +1,12 @@
-"""`TrainConfig`: every setting of an ORPO training run (importable without torch)."""
+"""`TrainConfig`: every setting of a training run, any objective (importable without torch)."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Tracker = Literal["jsonl", "tensorboard", "mlflow"]
+ObjectiveName = Literal["orpo", "sft", "dpo", "simpo", "cpo"]
 
 
 class Settings(BaseModel):
@@ -30,7 +31,7 @@ class LoraConfig(Settings):
 
 
 class TrainConfig(Settings):
-    """An ORPO training run: model, data, loss, optimisation, evaluation and checkpoints."""
+    """A training run: model, data, objective, optimisation, evaluation and checkpoints."""
 
     name: str = Field(default="orpo", pattern=r"^[A-Za-z0-9_.-]+$")
     """Run name; the run directory is `<output_dir>/<name>-<UTC time>-<config hash8>/`."""
@@ -45,10 +46,28 @@ class TrainConfig(Settings):
     output_dir: Path = Path("runs/train")
     """Where run directories are created."""
 
+    objective: ObjectiveName = "orpo"
+    """The loss: orpo, sft (NLL on the chosen answers), dpo, simpo or cpo (see the README table)."""
     beta: float = Field(default=0.1, ge=0)
-    """Weight of the odds-ratio term: λ in the paper, `alpha` in xfactlab/orpo, `beta` in TRL."""
-    nll_on_prompt: bool = True
-    """NLL over prompt and response like TRL and the paper's code; False: response tokens only."""
+    """β of the objective. ORPO: weight of the odds-ratio term (λ in the paper, `alpha` in
+    xfactlab/orpo); DPO, CPO, SimPO: the reward scale (τ for IPO). Unused by sft."""
+    nll_on_prompt: bool | None = None
+    """NLL over prompt and response (True) or response tokens only (False); null: the objective's
+    TRL default, True for orpo (as the paper's code) and False for the others."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """dpo and cpo: the pairwise loss, DPO's log-sigmoid, IPO's squared loss or SLiC's hinge."""
+    rpo_alpha: float | None = Field(default=None, ge=0)
+    """dpo: add this times the chosen NLL (RPO, Pang et al. 2024); TRL: loss_type [sigmoid, sft]."""
+    cpo_alpha: float = Field(default=1.0, ge=0)
+    """cpo and simpo: weight of the chosen NLL (the BC regulariser; SimPO's paper uses 0)."""
+    simpo_gamma: float = 0.5
+    """simpo: target reward margin γ (TRL's `simpo_gamma`)."""
+    reference: Literal["precomputed", "model", "lora_disabled"] = "precomputed"
+    """dpo: reference log-probs computed once before training and cached by content hash
+    (precomputed; one model in memory), a frozen second model (model), or the policy with its
+    LoRA adapters switched off (lora_disabled)."""
+    reference_model: str | None = None
+    """dpo: the reference model, as `model` accepts; null: the starting model itself."""
     share_prompt: bool = True
     """Prompt computed once per pair (block mask, LM head on scored tokens); false: TRL's layout."""
     max_length: int = Field(default=1024, ge=2)
@@ -80,6 +99,18 @@ class TrainConfig(Settings):
     """Autocast dtype; "auto" is bf16 on a CUDA device that supports it and "no" elsewhere."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass: less memory, ~1/3 more compute."""
+    attention: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
+    """Attention kernel; "auto" is FlexAttention (a block mask, no per-shape host planning) on
+    CUDA with `share_prompt`, and the model's own (SDPA) elsewhere."""
+    bucket_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """Pad each batch's width to a multiple of this and its packed rows to a power of two, so
+    shapes repeat and GPU kernels are planned or compiled once per shape; "auto" is 128 on CUDA
+    and none elsewhere (padding costs CPU time and saves nothing there)."""
+    micro_batch_tokens: int | None = Field(default=None, ge=1)
+    """Token-budget batching: a micro-batch holds consecutive pairs up to this many prompt +
+    chosen + rejected tokens instead of `per_device_batch_size` pairs; null: a pair count."""
+    compile: bool = False
+    """`torch.compile` each decoder layer (fewer, fused kernels); the first steps compile."""
     return_freed_memory: bool = False
     """Have glibc hand freed tensor memory back to the OS at once, so the peak RSS stays at the
     live peak instead of growing with heap fragmentation; about 1/3 slower per step on CPU. With
@@ -111,6 +142,21 @@ class TrainConfig(Settings):
     """Train LoRA adapters instead of all weights."""
     trackers: list[Tracker] = ["jsonl"]
     """Metric sinks: jsonl (always), tensorboard (<run>/tensorboard/), mlflow (<run>/mlflow.db)."""
+
+    @property
+    def nll_includes_prompt(self) -> bool:
+        """`nll_on_prompt` with the objective's default filled in."""
+        return self.objective == "orpo" if self.nll_on_prompt is None else self.nll_on_prompt
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> "TrainConfig":
+        if self.reference == "lora_disabled" and self.lora is None:
+            msg = "reference: lora_disabled needs `lora` settings (the adapters to switch off)"
+            raise ValueError(msg)
+        if self.reference_model is not None and self.reference == "lora_disabled":
+            msg = "reference_model cannot be used with reference: lora_disabled (the base is it)"
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "TrainConfig":

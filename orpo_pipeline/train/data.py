@@ -1,10 +1,10 @@
 """Pairs to token ids with the chat template, rejects with reasons, and the batch collator."""
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 import torch
@@ -178,13 +178,18 @@ class PreferenceBatch:
         mask[self.num_pairs :] = False
         return mask
 
-    def to(self, device: torch.device) -> "PreferenceBatch":
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's tensors in field order."""
+        return self.input_ids, self.attention_mask, self.completion_mask
+
+    def pin_memory(self) -> "PreferenceBatch":
+        """The same batch in page-locked host memory, so a copy to the GPU can be asynchronous."""
+        return PreferenceBatch(*(t.pin_memory() for t in self.tensors))
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> "PreferenceBatch":
         """The same batch on `device`."""
-        return PreferenceBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.completion_mask.to(device),
-        )
+        return PreferenceBatch(*(t.to(device, non_blocking=non_blocking) for t in self.tensors))
 
 
 @dataclass(frozen=True)
@@ -212,12 +217,16 @@ class PreferenceCollator:
     """
 
     pad_token_id: int
+    bucket_tokens: int | None = None
+    """Round the width up to a multiple of this, so batch shapes repeat; None: the longest row."""
 
     def __call__(self, pairs: Sequence[TokenizedPair]) -> PreferenceBatch:
         """Collate `pairs` into one batch."""
         rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
         rows += [(p.prompt_ids, p.rejected_ids) for p in pairs]
         width = max(len(prompt) + len(response) for prompt, response in rows)
+        if self.bucket_tokens is not None:
+            width = -(-width // self.bucket_tokens) * self.bucket_tokens
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -227,3 +236,58 @@ class PreferenceCollator:
             attention_mask[i, :end] = 1
             completion_mask[i, start:end] = True
         return PreferenceBatch(input_ids, attention_mask, completion_mask)
+
+
+def token_budget_batches(
+    sizes: Sequence[int], order: Iterable[int], max_tokens: int
+) -> Iterator[list[int]]:
+    """Cut `order` (indices into `sizes`) into consecutive batches of at most `max_tokens`.
+
+    A batch closes before the pair that would overflow it; a pair larger than the budget is a
+    batch of its own. Batches then hold about the same work however long the pairs are, which is
+    what keeps a GPU busy on long-tailed data.
+
+    >>> list(token_budget_batches([5, 3, 4, 9, 1], [0, 1, 2, 3, 4], max_tokens=8))
+    [[0, 1], [2], [3], [4]]
+    """
+    batch, used = [], 0
+    for index in order:
+        if batch and used + sizes[index] > max_tokens:
+            yield batch
+            batch, used = [], 0
+        batch.append(index)
+        used += sizes[index]
+    if batch:
+        yield batch
+
+
+Item = TypeVar("Item")
+
+
+def _to_device(item: Any, device: torch.device) -> Any:
+    if isinstance(item, list | tuple):
+        return type(item)(_to_device(part, device) for part in item)
+    if not hasattr(item, "pin_memory"):  # host values (indices, counts) stay as they are
+        return item
+    if device.type == "cuda":  # page-locked source: the copy runs while the host moves on
+        return item.pin_memory().to(device, non_blocking=True)
+    return item.to(device)
+
+
+def prefetch_to_device(items: Iterable[Item], device: torch.device) -> Iterator[Item]:
+    """Yield `items` (batches, or lists and tuples of them and of host values such as pair
+    indices, which stay on the host) with every batch and tensor on `device`, one step ahead.
+
+    Item k + 1 is collated on the host and its copy is queued before item k is handed out, so the
+    host prepares the next step while the GPU runs this one, and no step waits on a copy. On CUDA
+    the copies come from pinned memory without blocking the host; PyTorch's pinned-memory cache
+    keeps each source buffer alive until its copy is done.
+    """
+    pending, has_pending = None, False
+    for item in items:
+        moved = _to_device(item, device)
+        if has_pending:
+            yield pending
+        pending, has_pending = moved, True
+    if has_pending:
+        yield pending

@@ -1,4 +1,4 @@
-"""Held-out evaluation (preference accuracy, margin, log-odds, NLL) and sample generations."""
+"""Held-out evaluation (any objective's metrics plus policy-only ones) and sample generations."""
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -6,12 +6,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from orpo_pipeline.train.data import TokenizedPair
-from orpo_pipeline.train.loss import SUMS, batch_loss, metric_sums, metrics_from_sums
+from orpo_pipeline.train.objective import LossBatch
 from orpo_pipeline.train.policy import Collate
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
+
+    from orpo_pipeline.train.objective import Objective
+    from orpo_pipeline.train.reference import Reference
 
 
 @torch.no_grad()
@@ -21,29 +24,31 @@ def evaluate(
     *,
     collate: Collate,
     accelerator: "Accelerator",
-    beta: float,
+    objective: "Objective",
+    reference: "Reference | None",
     nll_on_prompt: bool,
     batch_size: int,
 ) -> dict[str, float]:
-    """Metrics of `policy` over all `pairs` (sharded across processes), TRL's names + `eval_`.
+    """The objective's metrics over all `pairs` (sharded across processes), prefixed `eval_`.
 
-    `eval_rewards/accuracies` is the preference accuracy, `eval_rewards/margins` the mean margin,
-    `eval_log_odds_chosen` the mean log-odds ratio, `eval_log_odds_ratio` the mean
-    log σ(log-odds) and `eval_nll_loss` the token-weighted NLL.
+    Besides the objective's own (TRL's names: `eval_rewards/accuracies`, `eval_nll_loss`, ...),
+    every objective reports `eval_chosen_nll`, `eval_logp_accuracy` and `eval_logp_margin`,
+    which depend on the policy alone and so compare objectives on equal terms.
     """
     policy.eval()
-    sums = torch.zeros(len(SUMS), device=accelerator.device)
+    sums = torch.zeros(len(objective.sum_names), device=accelerator.device)
     shard = sorted(  # similar lengths share a batch: less padding, same sums
-        pairs[accelerator.process_index :: accelerator.num_processes],
-        key=lambda pair: pair.num_tokens,
+        range(accelerator.process_index, len(pairs), accelerator.num_processes),
+        key=lambda i: pairs[i].num_tokens,
     )
     for start in range(0, len(shard), batch_size):
-        batch = collate(shard[start : start + batch_size]).to(accelerator.device)
+        indices = shard[start : start + batch_size]
+        batch = collate([pairs[i] for i in indices]).to(accelerator.device)
         logps = policy(batch, nll_on_prompt=nll_on_prompt)
-        out = batch_loss(logps, beta=beta)
-        sums += metric_sums(logps, out)
+        ref = reference(batch, indices, "eval") if objective.needs_reference else None
+        sums += objective.loss(logps, LossBatch.alone(logps, ref)).sums
     policy.train()
-    return metrics_from_sums(accelerator.reduce(sums).tolist(), beta=beta, prefix="eval_")
+    return objective.metrics(accelerator.reduce(sums).tolist(), prefix="eval_")
 
 
 @torch.no_grad()

@@ -54,6 +54,18 @@ class PairLogps(NamedTuple):
     rejected: torch.Tensor  # (B,) ℓ_l
     nll_sum: torch.Tensor  # () summed NLL of the chosen rows
     nll_tokens: torch.Tensor  # () tokens in nll_sum
+    chosen_tokens: torch.Tensor  # (B,) tokens of each chosen response
+    rejected_tokens: torch.Tensor  # (B,) tokens of each rejected response
+
+    @property
+    def chosen_sums(self) -> torch.Tensor:
+        """(B,) summed log-prob of each chosen response, log π(y_w|x) as DPO uses it."""
+        return self.chosen * self.chosen_tokens
+
+    @property
+    def rejected_sums(self) -> torch.Tensor:
+        """(B,) summed log-prob of each rejected response."""
+        return self.rejected * self.rejected_tokens
 
 
 def pair_logps(logits: torch.Tensor, batch: PreferenceBatch, *, nll_on_prompt: bool) -> PairLogps:
@@ -65,8 +77,16 @@ def pair_logps(logits: torch.Tensor, batch: PreferenceBatch, *, nll_on_prompt: b
     in_nll = batch.nll_mask(nll_on_prompt=nll_on_prompt)
     logps = token_logps(logits, batch.input_ids, in_nll | batch.completion_mask)  # (2B, T-1)
     means = sequence_logps(logps, batch.completion_mask[:, 1:])  # (2B,)
+    counts = batch.completion_mask[:, 1:].sum(-1)  # (2B,)
     scored = in_nll[:, 1:]
-    return PairLogps(means[:num_pairs], means[num_pairs:], -(logps * scored).sum(), scored.sum())
+    return PairLogps(
+        means[:num_pairs],
+        means[num_pairs:],
+        -(logps * scored).sum(),
+        scored.sum(),
+        counts[:num_pairs],
+        counts[num_pairs:],
+    )
 
 
 class OrpoLossOutput(NamedTuple):

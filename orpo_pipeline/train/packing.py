@@ -7,15 +7,25 @@ packing) under a block-diagonal mask. Log-probs come from the final hidden state
 the loss needs only, pushed through the LM head in chunks that are recomputed in the backward pass,
 so `[rows, T, V]` logits never exist.
 
+On a GPU, shapes that repeat matter as much as FLOPs: kernels are planned or compiled once per
+shape, so `bucket_tokens` rounds each batch's width up to a multiple of it and its row count up to
+a power of two; the loss does not change. The block mask of a batch exists in two forms: a dense
+additive mask for SDPA and eager attention (CPU), and a FlexAttention `BlockMask` (CUDA), which
+skips fully masked blocks and needs no per-shape host planning.
+
 Shapes: R packed rows, T tokens per row, H hidden size, V vocabulary, N scored tokens, B pairs.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 from orpo_pipeline.train.data import TokenizedPair
 from orpo_pipeline.train.loss import PairLogps
@@ -36,27 +46,60 @@ class PackedBatch:
     group: torch.Tensor  # (N,) long: pair i's chosen answer i, its rejected B+i, its prompt 2B+i
     num_pairs: int
 
-    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask (R, 1, T, T): 0 where a query may attend to a key, dtype's min elsewhere.
+    def allowed(self, row: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Whether `query` may attend to `key` in `row` (broadcasting index tensors).
 
         A token sees the earlier tokens of its own pair, except that rejected tokens never see
-        chosen ones; every token sees itself, so padding rows stay finite.
+        chosen ones; every token sees itself, so padding stays finite. Written as a FlexAttention
+        `mask_mod` (pure indexing), so the dense and the block mask are one rule.
         """
-        width = self.input_ids.shape[1]
-        device = self.input_ids.device
-        same_pair = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        crosses = (self.branch[:, :, None] == REJECTED) & (self.branch[:, None, :] == CHOSEN)
-        allowed = (same_pair & causal & ~crosses) | torch.eye(
-            width, dtype=torch.bool, device=device
-        )
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        segment, branch = self.segment_ids, self.branch
+        same_pair = segment[row, query] == segment[row, key]
+        crosses = (branch[row, query] == REJECTED) & (branch[row, key] == CHOSEN)
+        return (same_pair & (key <= query) & ~crosses) | (key == query)
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask (R, 1, T, T): 0 where a query may attend to a key, else dtype's min."""
+        rows, width = self.input_ids.shape
+        index = torch.arange(width, device=self.input_ids.device)
+        row = torch.arange(rows, device=index.device)[:, None, None]
+        allowed = self.allowed(row, index[:, None], index[None, :])  # (R, T, T)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=index.device)
         return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
-    def to(self, device: torch.device) -> "PackedBatch":
+    def block_mask(self) -> "BlockMask":
+        """The same mask as a FlexAttention `BlockMask` (blocks of 128 tokens, all heads alike)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        rows, width = self.input_ids.shape
+
+        def mask_mod(row, head, query, key):
+            return self.allowed(row, query, key)
+
+        return create_block_mask(mask_mod, rows, None, width, width, device=self.input_ids.device)
+
+    def pin_memory(self) -> "PackedBatch":
+        """The same batch in page-locked host memory, so a copy to the GPU can be asynchronous."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> "PackedBatch":
         """The same batch on `device`."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, move) -> "PackedBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return PackedBatch(**{k: v.to(device) if k != "num_pairs" else v for k, v in moved.items()})
+        return PackedBatch(**{k: move(v) if k != "num_pairs" else v for k, v in moved.items()})
+
+
+def bucket_shape(rows: int, width: int, bucket_tokens: int | None) -> tuple[int, int]:
+    """(rows, width) rounded up to a power of two rows and a multiple of `bucket_tokens` tokens.
+
+    >>> bucket_shape(5, 300, 128), bucket_shape(1, 128, 128), bucket_shape(5, 300, None)
+    ((8, 384), (1, 128), (5, 300))
+    """
+    if bucket_tokens is None:
+        return rows, width
+    return 1 << (rows - 1).bit_length(), -(-width // bucket_tokens) * bucket_tokens
 
 
 def _segment(pair: TokenizedPair) -> tuple[list[int], list[int], list[int]]:
@@ -69,12 +112,17 @@ def _segment(pair: TokenizedPair) -> tuple[list[int], list[int], list[int]]:
 
 
 def pack_pairs(
-    pairs: Sequence[TokenizedPair], *, max_row_tokens: int | None, pad_token_id: int
+    pairs: Sequence[TokenizedPair],
+    *,
+    max_row_tokens: int | None,
+    pad_token_id: int,
+    bucket_tokens: int | None = None,
 ) -> PackedBatch:
     """Pack pairs into rows of at most `max_row_tokens` tokens, first-fit decreasing.
 
     None makes rows as wide as the longest pair: short pairs share rows, so padding shrinks while
-    the per-row attention cost (width²) does not grow.
+    the per-row attention cost (width²) does not grow. With `bucket_tokens`, the batch is padded
+    to `bucket_shape` (rows of padding only, and padding at the end of each row).
 
     >>> batch = pack_pairs([TokenizedPair([1, 5], [6, 2], [7, 2]), TokenizedPair([1], [8], [9])],
     ...                    max_row_tokens=None, pad_token_id=0)
@@ -86,6 +134,12 @@ def pack_pairs(
             [0, 1, 1, 0, 0, 0]])
     >>> batch.target.tolist(), batch.group.tolist()
     ([6, 2, 7, 2, 5, 8, 9], [0, 0, 2, 2, 4, 1, 3])
+    >>> pack_pairs([TokenizedPair([1], [8], [9])] * 3, max_row_tokens=3, pad_token_id=0,
+    ...            bucket_tokens=4).input_ids
+    tensor([[1, 8, 9, 0],
+            [1, 8, 9, 0],
+            [1, 8, 9, 0],
+            [0, 0, 0, 0]])
     >>> short = [TokenizedPair([1], [8], [9]), TokenizedPair([1], [4], [3])]
     >>> pack_pairs([*short, TokenizedPair([1, 5], [6, 2], [7, 2])],
     ...            max_row_tokens=None, pad_token_id=0).input_ids
@@ -107,8 +161,8 @@ def pack_pairs(
         else:
             rows[row].append(index)
             lengths[row] += sizes[index]
-    width = max(lengths)
-    shape = (len(rows), width)
+    shape = bucket_shape(len(rows), max(lengths), bucket_tokens)
+    width = shape[1]
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     segment_ids = torch.full(shape, PAD, dtype=torch.long)
@@ -134,7 +188,7 @@ def pack_pairs(
             group += [index] * c
             # Rejected token j likewise, its first token also from the last prompt state.
             r = len(pair.rejected_ids)
-            predictor += [last_prompt, *range(start + p + c, start + p + c + r - 1)]
+            predictor += [last_prompt, *range(start + p + c, start + p + c + r - 1)][:r]
             target += pair.rejected_ids
             group += [num_pairs + index] * r
             # The prompt's own tokens, for the NLL over prompt + chosen (position 0 is not scored).
@@ -174,7 +228,10 @@ class PackedPolicy(nn.Module):
     def forward(self, batch: PackedBatch, *, nll_on_prompt: bool) -> PairLogps:
         """Mean response log-probs of both answers and the chosen NLL sum, in fp32."""
         decoder, lm_head = self.model.get_decoder(), self.model.get_output_embeddings()
-        mask = batch.attention_mask(next(lm_head.parameters()).dtype)
+        if self.model.config._attn_implementation == "flex_attention":
+            mask = batch.block_mask()
+        else:
+            mask = batch.attention_mask(next(lm_head.parameters()).dtype)
         hidden = decoder(
             input_ids=batch.input_ids,
             position_ids=batch.position_ids,
@@ -197,11 +254,18 @@ class PackedPolicy(nn.Module):
         counts = torch.zeros(3 * num_pairs, dtype=torch.long, device=logps.device).index_add(
             0, batch.group, torch.ones_like(batch.group)
         )
-        means = sums[: 2 * num_pairs] / counts[: 2 * num_pairs]
+        means = sums[: 2 * num_pairs] / counts[: 2 * num_pairs].clamp(min=1)  # SFT: no rejected
         nll_sum, nll_tokens = -sums[:num_pairs].sum(), counts[:num_pairs].sum()
         if nll_on_prompt:
             nll_sum, nll_tokens = (
                 nll_sum - sums[2 * num_pairs :].sum(),
                 nll_tokens + counts[2 * num_pairs :].sum(),
             )
-        return PairLogps(means[:num_pairs], means[num_pairs:], nll_sum, nll_tokens)
+        return PairLogps(
+            means[:num_pairs],
+            means[num_pairs:],
+            nll_sum,
+            nll_tokens,
+            counts[:num_pairs],
+            counts[num_pairs : 2 * num_pairs],
+        )

@@ -18,8 +18,12 @@ SUMMARY_METRICS = (
     "log_odds_ratio",
     "nll_loss",
     "loss",
+    "chosen_nll",
+    "logp_accuracy",
+    "logp_margin",
 )
-"""The eval metrics compared before and after training, TRL's names without `eval_`."""
+"""The eval metrics compared before and after training, without `eval_`: TRL's names (those an
+objective reports), then the policy-only ones every objective reports."""
 CURVES = (
     ("loss", "Loss"),
     ("nll_loss", "NLL"),
@@ -51,7 +55,14 @@ def _thin(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return points if stride <= 1 else points[::stride] + points[-1:]
 
 
-def _chart(metric: str, title: str, series: dict[str, list[tuple[int, float]]]) -> str:
+def chart(
+    metric: str,
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    colors: dict[str, str] = COLORS,
+    x_label: str = "step",
+) -> str:
     """One figure: a line and hoverable points per series, min and max labelled on both axes."""
     every = [point for points in series.values() for point in points]
     if not every:
@@ -61,7 +72,7 @@ def _chart(metric: str, title: str, series: dict[str, list[tuple[int, float]]]) 
     x_span, y_span = (x_hi - x_lo) or 1, (y_hi - y_lo) or 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
-    def xy(step: int, value: float) -> tuple[float, float]:
+    def xy(step: float, value: float) -> tuple[float, float]:
         return LEFT + (step - x_lo) / x_span * plot_w, TOP + (y_hi - value) / y_span * plot_h
 
     parts = [
@@ -69,13 +80,13 @@ def _chart(metric: str, title: str, series: dict[str, list[tuple[int, float]]]) 
         'stroke="#ccc"/>',
         f'<text x="{LEFT - 4}" y="{TOP + 10}" text-anchor="end">{y_hi:.4g}</text>',
         f'<text x="{LEFT - 4}" y="{TOP + plot_h}" text-anchor="end">{y_lo:.4g}</text>',
-        f'<text x="{LEFT}" y="{HEIGHT - 12}">step {x_lo}</text>',
-        f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 12}" text-anchor="end">{x_hi}</text>',
+        f'<text x="{LEFT}" y="{HEIGHT - 12}">{x_label} {x_lo:.4g}</text>',
+        f'<text x="{WIDTH - RIGHT}" y="{HEIGHT - 12}" text-anchor="end">{x_hi:.4g}</text>',
     ]
     for name, points in series.items():
         if not points:
             continue
-        color = COLORS[name]
+        color = colors[name]
         points = _thin(points)
         coords = [xy(s, v) for s, v in points]
         parts.append(
@@ -84,10 +95,14 @@ def _chart(metric: str, title: str, series: dict[str, list[tuple[int, float]]]) 
         )
         parts += [
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}">'
-            f"<title>{name} step {s}: {v:.6g}</title></circle>"
+            f"<title>{name} {x_label} {s:.6g}: {v:.6g}</title></circle>"
             for (x, y), (s, v) in zip(coords, points, strict=True)
         ]
-    legend = " ".join(f'<span class="{name}">— {name}</span>' for name, p in series.items() if p)
+    legend = " ".join(
+        f'<span style="color: {colors[name]}">— {html.escape(name)}</span>'
+        for name, p in series.items()
+        if p
+    )
     return (
         f'<figure data-metric="{html.escape(metric)}"><figcaption>{html.escape(title)} '
         f"<small>{legend}</small></figcaption>"
@@ -101,6 +116,7 @@ def _eval_table(before: dict[str, float], after: dict[str, float]) -> str:
         f"<td>{after[f'eval_{name}']:.4f}</td>"
         f"<td>{after[f'eval_{name}'] - before[f'eval_{name}']:+.4f}</td></tr>"
         for name in SUMMARY_METRICS
+        if f"eval_{name}" in before
     )
     return (
         f"<h2>Eval: step {before['step']} and step {after['step']}</h2><table>"
@@ -117,7 +133,7 @@ def render_report(records: list[dict[str, float]], *, title: str, config_yaml: s
         return [(r["step"], r[key]) for r in rows if key in r and math.isfinite(r[key])]
 
     charts = "".join(
-        _chart(name, caption, {"train": finite(train, name), "eval": finite(evals, f"eval_{name}")})
+        chart(name, caption, {"train": finite(train, name), "eval": finite(evals, f"eval_{name}")})
         for name, caption in CURVES
     )
     table = _eval_table(evals[0], evals[-1]) if evals else "<p>No evaluation in this run.</p>"
@@ -136,7 +152,7 @@ def write_report(run_dir: Path) -> Path:
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     page = render_report(
         [json.loads(line) for line in lines],
-        title=f"ORPO run {run_dir.name}",
+        title=f"Training run {run_dir.name}",
         config_yaml=(run_dir / "config.yaml").read_text(encoding="utf-8"),
     )
     path = run_dir / "report.html"

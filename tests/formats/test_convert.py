@@ -200,6 +200,8 @@ def test_written_files_load_with_datasets_and_feed_trl(hh_result, tmp_path, suff
         "rows_converted": 2299,
         "rows_rejected": 13,
         "pairs_out": 2299,
+        "rows_without_own_pair": 0,
+        "blank_lines": 0,
     }
     assert report["rejects_by_reason"] == {"roles_not_alternating": 9, "empty_response": 4}
     assert report["conversion"]["format"] == "hh_rlhf"

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from orpo_pipeline.errors import DataError
-from orpo_pipeline.formats.readers import MAX_RAW_CHARS, BadRow, SourceRow, read_rows
+from orpo_pipeline.formats.readers import MAX_RAW_CHARS, BadRow, BlankLine, SourceRow, read_rows
 
 PAIR = {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}
 
@@ -38,7 +38,8 @@ def test_bad_lines_become_bad_rows_with_reasons(tmp_path):
         (6, "invalid_utf8"),
     ]
     assert [row.line for row in rows if isinstance(row, SourceRow)] == [1, 7]
-    bad_utf8 = rows[3]
+    assert [row.line for row in rows if isinstance(row, BlankLine)] == [3, 4]
+    bad_utf8 = rows[5]
     assert "0xe9" in bad_utf8.detail
     assert bad_utf8.raw == '{"prompt": "caf\ufffd"}'
 
@@ -54,18 +55,21 @@ def test_gzip_jsonl_and_json(tmp_path):
     with gzip.open(tmp_path / "rows.jsonl.gz", "wt") as stream:
         stream.write(json.dumps(PAIR) + "\n")
     with gzip.open(tmp_path / "rows.json.gz", "wt") as stream:
-        json.dump([PAIR, PAIR], stream)
+        json.dump([PAIR, PAIR], stream, indent=2)
     assert [row.value for row in read_rows(tmp_path / "rows.jsonl.gz")] == [PAIR]
-    assert [row.line for row in read_rows(tmp_path / "rows.json.gz")] == [1, 2]
+    # The line where each record starts: "[" is line 1, each record spans 5 lines.
+    assert [row.line for row in read_rows(tmp_path / "rows.json.gz")] == [2, 7]
 
 
 def test_json_array_object_of_arrays_and_non_objects(tmp_path):
-    (tmp_path / "array.json").write_text(json.dumps([PAIR, "oops"]))
-    (tmp_path / "splits.json").write_text(json.dumps({"train": [PAIR], "test": [PAIR, PAIR]}))
+    (tmp_path / "array.json").write_text(json.dumps([PAIR, "oops"], indent=1))
+    (tmp_path / "splits.json").write_text(
+        json.dumps({"train": [PAIR], "test": [PAIR, PAIR]}).replace("{", "\n{")
+    )
     array = list(read_rows(tmp_path / "array.json"))
     assert isinstance(array[0], SourceRow)
-    assert (array[1].line, array[1].reason) == (2, "not_an_object")
-    assert [row.line for row in read_rows(tmp_path / "splits.json")] == [1, 2, 3]
+    assert (array[1].line, array[1].reason) == (7, "not_an_object")
+    assert [row.line for row in read_rows(tmp_path / "splits.json")] == [3, 4, 5]
 
 
 @pytest.mark.parametrize(
@@ -101,7 +105,8 @@ def test_csv_rows_and_bad_bytes(tmp_path):
         stream.write(b"caf\xe9,a,b\r\n")
     first, second = read_rows(path)
     assert first.value == {**PAIR, "prompt": "line one\nline two"}
-    assert (second.line, second.reason) == (2, "invalid_utf8")
+    # Lines where the records start: the first spans lines 2-3 (a quoted newline).
+    assert (first.line, second.line, second.reason) == (2, 4, "invalid_utf8")
 
 
 def test_datasets_save_to_disk_folder(tmp_path):

@@ -2,6 +2,7 @@
 pairs, ids, rejects, provenance and counts, on real files and on hypothesis-generated rows."""
 
 import gzip
+import itertools
 import json
 import math
 from pathlib import Path
@@ -27,21 +28,36 @@ def assert_same(fast: ConversionResult, slow: ConversionResult) -> None:
     assert fast.pairs.schema == slow.pairs.schema
     assert fast.pairs.equals(slow.pairs)
     assert fast.rejects.equals(slow.rejects)
-    counts = ("rows_in", "rows_converted", "pairs_dropped", "format", "kind")
+    counts = (
+        "rows_in",
+        "rows_converted",
+        "rows_by_file",
+        "blank_lines",
+        "markers_changed",
+        "pairs_dropped",
+        "format",
+        "kind",
+    )
     assert [getattr(fast, n) for n in counts] == [getattr(slow, n) for n in counts]
 
 
-def converted_here(path: Path, name: str) -> int:
-    fast = vectorized.fast_pairs(path, name, ConvertOptions(format=name), path.name)
+def converted_here(path: Path, options: ConvertOptions) -> int:
+    fast = vectorized.fast_pairs(path, options.format, options, path.name)
     assert fast is not None
     return fast.pairs.height
 
 
-def test_the_vendored_hh_file_row_for_row(monkeypatch):
-    options = ConvertOptions(format="hh_rlhf")
+@pytest.mark.parametrize("role_markers", ["split", "keep"])
+def test_the_vendored_hh_file_row_for_row(monkeypatch, role_markers):
+    options = ConvertOptions(format="hh_rlhf", role_markers=role_markers)
     fast = convert_files([HH], options)
     assert_same(fast, per_row([HH], options, monkeypatch))
-    assert converted_here(HH, "hh_rlhf") > 0.99 * fast.rows_converted
+    here = converted_here(HH, options)
+    if role_markers == "keep":
+        assert here > 0.99 * fast.rows_converted
+    else:  # the rows with a text that starts with a role label go per row, and only those
+        assert fast.markers_changed
+        assert here > 0.97 * fast.rows_converted
 
 
 def test_hh_as_parquet_and_trl_layouts_row_for_row(tmp_path, monkeypatch):
@@ -72,10 +88,11 @@ def test_hh_as_parquet_and_trl_layouts_row_for_row(tmp_path, monkeypatch):
         frame.write_ndjson(tmp_path / f"{name}.jsonl")
         files["trl_preference"] += [tmp_path / f"{name}.parquet", tmp_path / f"{name}.jsonl"]
     for name, paths in files.items():
-        for path in paths:
-            options = ConvertOptions(format=name)
+        for path, role_markers in itertools.product(paths, ("split", "keep")):
+            options = ConvertOptions(format=name, role_markers=role_markers)
             assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
-            assert converted_here(path, name) >= 590, path
+            # with "split", rows with a text starting with a role label go per row
+            assert converted_here(path, options) >= (590 if role_markers == "keep" else 570), path
 
 
 # --- hypothesis: rows of every shape the per-row parsers meet ---------------------------------
@@ -97,6 +114,7 @@ PIECES = st.sampled_from(
         "😀",
         "word",
         "Human:",
+        " Assistant: ",
         ',"chosen":',
         "\\u0041",
     ]
@@ -177,7 +195,12 @@ def trl_rows():
 
 
 def jsonl(rows: list[dict]) -> str:
-    lines = [json.dumps(row, ensure_ascii=index % 2 == 0) for index, row in enumerate(rows)]
+    """JSON Lines with a blank line (or one of spaces) after every third row."""
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append(json.dumps(row, ensure_ascii=index % 2 == 0))
+        if index % 3 == 2:
+            lines.append(" \t" if index % 2 else "")
     return "\n".join(lines) + "\n"
 
 
@@ -188,8 +211,9 @@ def jsonl(rows: list[dict]) -> str:
 def test_hh_rows_row_for_row(tmp_path, monkeypatch, rows):
     path = tmp_path / "hh.jsonl"
     path.write_text(jsonl(rows), encoding="utf-8")
-    options = ConvertOptions(format="hh_rlhf")
-    assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
+    for role_markers in ("split", "keep"):
+        options = ConvertOptions(format="hh_rlhf", role_markers=role_markers)
+        assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
 
 
 @settings(
@@ -199,8 +223,9 @@ def test_hh_rows_row_for_row(tmp_path, monkeypatch, rows):
 def test_trl_rows_row_for_row(tmp_path, monkeypatch, rows):
     path = tmp_path / "trl.jsonl"
     path.write_text(jsonl(rows), encoding="utf-8")
-    options = ConvertOptions(format="trl_preference")
-    assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
+    for role_markers in ("split", "keep"):
+        options = ConvertOptions(format="trl_preference", role_markers=role_markers)
+        assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
     typed = [r for r in rows if isinstance(r.get("system"), str | None)]
     for row in typed:  # Parquet needs one type per column
         for key in ("score_chosen", "chosen_rating", "score_rejected"):
@@ -218,7 +243,11 @@ def test_trl_rows_row_for_row(tmp_path, monkeypatch, rows):
             continue
         parquet = tmp_path / f"trl-{index}.parquet"
         frame.write_parquet(parquet)
-        assert_same(convert_files([parquet], options), per_row([parquet], options, monkeypatch))
+        for role_markers in ("split", "keep"):
+            options = ConvertOptions(format="trl_preference", role_markers=role_markers)
+            assert_same(
+                convert_files([parquet], options), per_row([parquet], options, monkeypatch)
+            )
 
 
 @pytest.mark.parametrize("value", [math.inf, -0.0, 1e308])

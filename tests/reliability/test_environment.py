@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from orpo_pipeline.cli import cli
-from orpo_pipeline.formats.generate import read_cache
+from orpo_pipeline.formats.generate import Sample, SampleCache, Sampling
 
 ROWS = 3000
 
@@ -307,10 +307,10 @@ def test_train_config_errors_name_the_yaml_path(tmp_path, config, expected):
     assert "Traceback" not in result.output
 
 
-def test_a_generation_cache_torn_inside_a_character_is_read(tmp_path):
-    # Kill -9 during `append_cache` can cut the last line anywhere, even inside a UTF-8 character.
-    path = tmp_path / "cache.jsonl"
-    whole = json.dumps({"prompt": "k1", "answer": "café"}, ensure_ascii=False).encode() + b"\n"
-    torn = json.dumps({"prompt": "k2", "answer": "café"}, ensure_ascii=False).encode()[:-3]
-    path.write_bytes(whole + torn)
-    assert read_cache(path) == {"k1": "café"}
+def test_a_sample_shard_cut_by_kill_9_is_never_read(tmp_path):
+    # Shards are written to a temp file and renamed: kill -9 mid-write leaves only the temp file.
+    cache = SampleCache(tmp_path, "0" * 64, Sampling())
+    cache.store([("k1", 0)], [Sample("café", "stop", 2)])
+    torn = json.dumps({"prompt": "k2", "index": 0, "text": "café"}, ensure_ascii=False).encode()
+    (cache.directory / ".abc.jsonl.x1y2.tmp").write_bytes(torn[:-3])
+    assert cache.load() == {("k1", 0): Sample("café", "stop", 2)}

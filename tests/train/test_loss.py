@@ -108,6 +108,8 @@ def test_metrics_use_trl_names_and_weight_the_nll_by_tokens():
             torch.tensor(rejected),
             torch.tensor(nll_sum),
             torch.tensor(tokens),
+            torch.ones(len(chosen)),
+            torch.ones(len(chosen)),
         )
         out = orpo_loss(
             logps.chosen,

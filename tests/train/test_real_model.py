@@ -102,10 +102,12 @@ def test_loss_and_metrics_equal_trl_on_a_real_batch(default_checkpoint, hh_pairs
             assert ours[name] == pytest.approx(trl_metrics[name], rel=1e-5, abs=1e-6), name
 
 
-def test_two_steps_on_real_pairs_are_finite(default_checkpoint, hh_pairs, tmp_path):
+@pytest.mark.parametrize("objective", ["orpo", "sft", "dpo", "simpo", "cpo"])
+def test_two_steps_on_real_pairs_are_finite(default_checkpoint, hh_pairs, tmp_path, objective):
     path = tmp_path / "pairs.parquet"
     hh_pairs.head(4).write_parquet(path)
     config = TrainConfig(  # pipelines/train/default.yaml, cut to fit a few seconds on 2 cores
+        objective=objective,
         model=str(default_checkpoint),
         train_pairs=path,
         output_dir=tmp_path / "runs",
