@@ -216,6 +216,24 @@ def ours_near(frame: pl.DataFrame) -> int:
     return int(tagged[REASON].is_not_null().sum())
 
 
+def near_agreement(frame: pl.DataFrame) -> dict:
+    """Rows rejected with the default 8-bit signatures against full 32-bit ones (the exact
+    MinHash estimate): precision and recall of the 8-bit rejects, and whether all are equal."""
+    rejected = {}
+    for bits in (8, 32):
+        config = NEAR.model_copy(update={"signature_bits": bits})
+        tagged = near_dedupe(frame.lazy(), config).collect()
+        rejected[bits] = set(tagged.filter(pl.col(REASON).is_not_null())[ROW].to_list())
+    both = len(rejected[8] & rejected[32])
+    return {
+        "rejected_8_bit": len(rejected[8]),
+        "rejected_32_bit": len(rejected[32]),
+        "precision": both / max(len(rejected[8]), 1),
+        "recall": both / max(len(rejected[32]), 1),
+        "same_kept_rows": rejected[8] == rejected[32],
+    }
+
+
 def datasketch_near(prompts: list[str]) -> int:
     """datasketch's usual dedupe loop: sign, query the LSH, insert if no close match."""
     from datasketch import MinHash, MinHashLSH
@@ -312,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     near_full = ours_near(frame)
     near_full_s = time.perf_counter() - started
+    agreement = near_agreement(frame)
 
     for entry in exact.values():
         entry["pairs_per_min"] = num_pairs / entry["median_s"] * 60
@@ -346,6 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "result": near_full,
             },
             "config": NEAR.model_dump(),
+            "bbit_agreement": agreement,
         },
         "peak_rss_mib": {
             "after_data": rss_after_data,
@@ -389,8 +409,14 @@ def _markdown(result: dict) -> str:
         f"| MinHash near-dedupe | {full['prompts']:,} | orpo_pipeline | {full['seconds']:.1f} | "
         f"{full['prompts_per_min']:,.0f} | {full['result']:,} |"
     )
+    agreement = near["bbit_agreement"]
     rss = result["peak_rss_mib"]
     lines += [
+        "",
+        f"8-bit against 32-bit MinHash values on {full['prompts']:,} prompts: "
+        f"{agreement['rejected_8_bit']:,} against {agreement['rejected_32_bit']:,} rejected, "
+        f"precision {agreement['precision']:.4f}, recall {agreement['recall']:.4f}, "
+        f"same kept rows: {agreement['same_kept_rows']}.",
         "",
         f"Speed-up: exact dedupe + filters {exact['speedup']:.1f}x over the faster datasets run; "
         f"MinHash {near['speedup']:.1f}x over datasketch.",

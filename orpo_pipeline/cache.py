@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from orpo_pipeline.errors import OrpoPipelineError
-from orpo_pipeline.io import ParquetAppender
+from orpo_pipeline.io import ParquetAppender, atomic_path
 
 COMPLETE = "COMPLETE"
 PACKAGE = "orpo_pipeline"
@@ -67,10 +67,11 @@ def stage_key(*, parent: str, config: BaseModel, code: str, reads: Sequence[str]
 
 
 class StageOutput(NamedTuple):
-    """A finished stage in the cache: kept and rejected rows as Parquet files, in `_row` order."""
+    """A finished stage in the cache: kept and rejected rows as Parquet files, one pair of files
+    per shard, in `_row` order (the source's rows get `_row` from their position when read)."""
 
-    kept: Path
-    rejected: Path
+    kept: list[Path]
+    rejected: list[Path]
     rows_in: int
 
 
@@ -78,8 +79,54 @@ Shard = tuple[pl.DataFrame, pl.DataFrame, int]
 """Kept rows, rejected rows and rows in, of one shard."""
 
 
+def shard_paths(directory: Path, index: int) -> tuple[Path, Path, Path]:
+    """Kept file, rejected file and completion marker of shard `index` of an entry."""
+    return (
+        directory / f"kept-{index:05d}.parquet",
+        directory / f"rejected-{index:05d}.parquet",
+        directory / "completions" / f"{index:05d}",
+    )
+
+
+def finished_shard(directory: Path, index: int) -> dict | None:
+    """What a completed shard recorded (`rows_in` and the like), or None if it is not complete."""
+    try:
+        return json.loads(shard_paths(directory, index)[2].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_shard(directory: Path, index: int, shard: Shard, **info: object) -> dict:
+    """Write one shard's kept and rejected rows, then its completion marker (datatrove-style).
+
+    Each file is written under a temporary name, flushed and renamed, and the marker comes last,
+    so a worker killed mid-shard leaves no file a reader would take as done: the shard is redone.
+    Returns what the marker holds: `rows_in` plus `info`.
+    """
+    kept, rejected, rows_in = shard
+    kept_path, rejected_path, marker = shard_paths(directory, index)
+    record = {"rows_in": rows_in, **info}
+    try:
+        for frame, path in ((kept, kept_path), (rejected, rejected_path)):
+            with atomic_path(path) as temp:
+                ParquetAppender.write_one(frame, temp)
+                _fsync(temp)
+        with atomic_path(marker) as temp:
+            temp.write_text(json.dumps(record))
+            _fsync(temp)
+    except OrpoPipelineError as error:  # disk full, file too large, read-only
+        msg = f"cannot write the stage cache entry {directory}: {error}"
+        raise OrpoPipelineError(msg) from error
+    return record
+
+
 class StageCache:
-    """Kept and rejected rows of finished stages, stored by key under one directory."""
+    """Kept and rejected rows of finished stages, stored by key under one directory.
+
+    An entry is a directory of per-shard Parquet files with a completion marker per shard and a
+    `COMPLETE` file (rows in, shards) written last; it is built in a temporary directory and
+    renamed into place whole, by the local and the Ray executor alike.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -93,58 +140,62 @@ class StageCache:
         entry = self.root / key
         if not (entry / COMPLETE).exists():
             return None
-        output = StageOutput(entry / "kept.parquet", entry / "rejected.parquet", 0)
         try:
-            rows_in = int((entry / COMPLETE).read_text())
-            for path in (output.kept, output.rejected):
+            complete = json.loads((entry / COMPLETE).read_text())
+            output = _output(entry, complete["shards"], complete["rows_in"])
+            for path in (*output.kept, *output.rejected):
                 pl.read_parquet_schema(path)  # a torn file has no footer
-        except (OSError, ValueError, pl.exceptions.PolarsError):
+        except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError):
             shutil.rmtree(entry, ignore_errors=True)
             return None
-        return output._replace(rows_in=rows_in)
+        return output
 
-    def store(self, key: str, shards: Iterable[Shard]) -> StageOutput:
-        """Write the shards one by one into a temp dir, mark it complete, rename it into place.
-
-        Only one shard is in memory at a time; each becomes a row group of the two files.
-        """
-        final = self.root / key
+    def begin(self, key: str) -> Path:
+        """A new temporary directory for the entry's shards (see `write_shard`)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            temp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
+            return Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
         except OSError as error:
             msg = f"cannot write the stage cache in {self.root}: {error.strerror}"
             raise OrpoPipelineError(msg) from error
+
+    def commit(self, key: str, temp: Path, num_shards: int) -> StageOutput:
+        """Mark a temporary entry whose shards are all done as complete; rename it into place."""
+        final = self.root / key
         try:
-            rows_in = _write_shards(shards, temp / "kept.parquet", temp / "rejected.parquet")
-            (temp / COMPLETE).write_text(str(rows_in))
-            for name in ("kept.parquet", "rejected.parquet", COMPLETE):
-                _fsync(temp / name)
+            records = [finished_shard(temp, index) for index in range(num_shards)]
+            assert all(records), f"{temp}: shards {records.count(None)} not complete"
+            rows_in = sum(record["rows_in"] for record in records)
+            with atomic_path(temp / COMPLETE) as complete:
+                complete.write_text(json.dumps({"rows_in": rows_in, "shards": num_shards}))
+                _fsync(complete)
             if final.exists() and not (final / COMPLETE).exists():  # left by a torn write
                 shutil.rmtree(final, ignore_errors=True)
             temp.rename(final)
-        except (OSError, pl.exceptions.PolarsError) as error:  # polars raises its own on I/O
+        except OSError as error:
             shutil.rmtree(temp, ignore_errors=True)
             if not (final / COMPLETE).exists():  # else a concurrent run stored it first
-                reason = error.strerror if isinstance(error, OSError) else None
-                msg = f"cannot write the stage cache entry {final}: {reason or error}"
+                msg = f"cannot write the stage cache entry {final}: {error.strerror or error}"
                 raise OrpoPipelineError(msg) from error
-        return StageOutput(final / "kept.parquet", final / "rejected.parquet", rows_in)
+        return _output(final, num_shards, rows_in)
+
+    def store(self, key: str, shards: Iterable[Shard]) -> StageOutput:
+        """Write the shards one by one (only one in memory at a time) and commit the entry."""
+        temp = self.begin(key)
+        num_shards = 0
+        try:
+            for index, shard in enumerate(shards):
+                write_shard(temp, index, shard)
+                num_shards += 1
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return self.commit(key, temp, num_shards)
 
 
-def _write_shards(shards: Iterable[Shard], kept_path: Path, rejected_path: Path) -> int:
-    """Append each shard's frames to two Parquet files; return the sum of rows in."""
-    kept_file, rejected_file = ParquetAppender(kept_path), ParquetAppender(rejected_path)
-    rows_in = 0
-    try:
-        for kept, rejected, shard_rows_in in shards:
-            kept_file.write(kept)
-            rejected_file.write(rejected)
-            rows_in += shard_rows_in
-    finally:
-        kept_file.close()
-        rejected_file.close()
-    return rows_in
+def _output(entry: Path, num_shards: int, rows_in: int) -> StageOutput:
+    files = [shard_paths(entry, index)[:2] for index in range(num_shards)]
+    return StageOutput([kept for kept, _ in files], [rejected for _, rejected in files], rows_in)
 
 
 def _fsync(path: Path) -> None:

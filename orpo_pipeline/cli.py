@@ -190,16 +190,27 @@ def convert(
 @cli.command()
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @overrides_option
-def data(recipe: Path, overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="Run the shard tasks here or on a Ray cluster (overrides the recipe's `executor`).",
+)
+@click.option("--address", help="Ray cluster address, e.g. auto or ray://head:10001.")
+def data(
+    recipe: Path, overrides: tuple[str, ...], executor: str | None, address: str | None
+) -> None:
     """Run a data recipe: convert, validate, dedupe, filter, split; write pairs and rejects.
 
     \b
     Example:
       orpo-pipeline data pipelines/default.yaml --set output_dir=runs/data/mine
+      orpo-pipeline data pipelines/default.yaml --executor ray --address auto
     """
     from orpo_pipeline.config_files import load_config
     from orpo_pipeline.pipeline import PipelineSpec, run_pipeline
 
+    flags = {"executor": executor, "address": address}
+    overrides += tuple(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)
     _print_report(run_pipeline(load_config(recipe, PipelineSpec, overrides)))
 
 

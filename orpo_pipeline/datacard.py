@@ -6,7 +6,7 @@ The HTML is one self-contained file (inline CSS and SVG, no scripts, nothing fet
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ import polars as pl
 
 from orpo_pipeline.exprs import contents
 from orpo_pipeline.io import write_text
-from orpo_pipeline.stages.filter import token_counter
+from orpo_pipeline.tokens import token_counter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -182,31 +182,44 @@ def _table_md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
 
 
-def _reject_frames_summary(rejects: dict[str, pl.LazyFrame]) -> dict[str, Any]:
-    """Per-source reject counts, contamination hits per eval set, near-duplicate cluster sizes.
+def _reject_summary(
+    rejects: dict[str, pl.LazyFrame], labels: Mapping[str, Mapping[str, str]]
+) -> tuple[dict[str, int], dict[str, pl.DataFrame]]:
+    """Rejected rows per source, and per value of each label column a stage declares.
 
-    Later stages carry `_cluster` and `_eval_set` along, so only the rows rejected for that very
-    reason are counted.
+    `labels` maps a rejects name to `{reason: column}`. Later stages carry earlier label columns
+    along, so only the rows rejected for that very reason are counted.
     """
     by_source: dict[str, int] = {}
-    eval_hits: dict[str, int] = {}
-    clusters: list[int] = []
-    for lazy in rejects.values():
-        wanted = ("reason", "source", "_eval_set", "_cluster")
+    by_label: dict[str, pl.DataFrame] = {}
+    for name, lazy in rejects.items():
         present = set(lazy.collect_schema().names())
-        frame = lazy.select(c for c in wanted if c in present).collect(engine="streaming")
+        declared = {r: c for r, c in labels.get(name, {}).items() if c in present}
+        wanted = [c for c in ("reason", "source", *declared.values()) if c in present]
+        frame = lazy.select(wanted).collect(engine="streaming")
         if "source" in frame.columns:
             for source, count in frame.group_by("source").len().iter_rows():
                 by_source[source] = by_source.get(source, 0) + count
-        if "_eval_set" in frame.columns:
-            contaminated = frame.filter(pl.col("reason") == "contaminated")
-            for eval_set, count in contaminated.group_by("_eval_set").len().iter_rows():
-                eval_hits[eval_set] = eval_hits.get(eval_set, 0) + count
-        if "_cluster" in frame.columns:
-            duplicates = frame.filter(pl.col("reason") == "near_duplicate")
-            sizes = duplicates.group_by("_cluster").len()["len"]
-            clusters.extend(int(size) + 1 for size in sizes)  # + the kept pair
-    return {"by_source": by_source, "eval_hits": eval_hits, "clusters": sorted(clusters)[::-1]}
+        for reason, column in declared.items():
+            counts = (
+                frame.filter(pl.col("reason") == reason)
+                .group_by(column)
+                .len("rejected")
+                .sort(["rejected", column], descending=[True, False])
+            )
+            if counts.height:
+                by_label[f"{name} · {reason} by {column}"] = counts
+    return by_source, by_label
+
+
+def _label_rows(counts: pl.DataFrame) -> list[tuple[str, str]]:
+    """Distinct values, rows, then the ten values with the most rejected rows."""
+    top = counts.head(10).rows()
+    return [
+        ("distinct values", f"{counts.height:,}"),
+        ("rejected rows", f"{counts['rejected'].sum():,}"),
+        *((str(value), f"{count:,}") for value, count in top),
+    ]
 
 
 def _judge_summary(judgments: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -265,6 +278,7 @@ def write_data_card(
     pairs: pl.DataFrame | pl.LazyFrame,
     rejects: dict[str, pl.DataFrame | pl.LazyFrame] | None = None,
     *,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
     tokenizer: "PreTrainedTokenizerBase | None" = None,
     judgments: Sequence[dict[str, Any]] = (),
 ) -> tuple[Path, Path]:
@@ -275,8 +289,9 @@ def write_data_card(
         report: The run's `report.json` as a dict (`PipelineReport.model_dump(mode="json")`).
         pairs: The kept canonical pairs (all output files together); a lazy frame is streamed.
         rejects: Reject frames (or lazy frames) by name (e.g. `"02_filter"`), as the runner
-            writes them: a `reason` column plus the pair columns, and `_cluster` / `_eval_set`
-            where the stage adds them. Adds per-source, per-eval-set and cluster-size summaries.
+            writes them: a `reason` column plus the pair columns. Adds rejects per source.
+        labels: Per rejects name, the label columns its stage declares (`{reason: column}`,
+            `StageConfig.reject_labels`); the card counts that reason's rejects per value.
         tokenizer: Adds token-length distributions when given.
         judgments: The `judgment` of every pair and rejected prompt from `binarize` on; adds
             the judge section (score histogram, tie rate, order agreement, length bias).
@@ -295,7 +310,9 @@ def write_data_card(
     chosen_longer = float((chosen_minus_rejected > 0).mean() * 100) if num_pairs else 0.0
     margins = stats["margin"].drop_nulls().to_numpy()
     sources = stats.group_by("source").len().sort(["len", "source"], descending=[True, False])
-    extra = _reject_frames_summary({k: v.lazy() for k, v in (rejects or {}).items()})
+    rejected_by_source, by_label = _reject_summary(
+        {k: v.lazy() for k, v in (rejects or {}).items()}, labels or {}
+    )
 
     counts_rows = [
         ("pairs in", f"{rows_in:,}"),
@@ -323,13 +340,13 @@ def write_data_card(
             source,
             f"{count:,}",
             f"{100 * count / max(num_pairs, 1):.1f} %",
-            f"{extra['by_source'].get(source, 0):,}",
+            f"{rejected_by_source.get(source, 0):,}",
         )
         for source, count in sources.iter_rows()
     ]
     source_rows += [
         (source, "0", "0.0 %", f"{count:,}")
-        for source, count in sorted(extra["by_source"].items())
+        for source, count in sorted(rejected_by_source.items())
         if source not in set(sources["source"].to_list())
     ]
     length_rows = [
@@ -417,19 +434,13 @@ def write_data_card(
             ],
         ),
     ]
-    if extra["eval_hits"]:
-        hits = sorted(extra["eval_hits"].items())
-        html_parts += ["<h2>Contamination</h2>", _table_html(("eval set", "pairs"), hits)]
-        md_parts += ["## Contamination", _table_md(("eval set", "pairs"), hits)]
-    if extra["clusters"]:
-        sizes = extra["clusters"]
-        cluster_rows = [
-            ("clusters", f"{len(sizes):,}"),
-            ("pairs in clusters", f"{sum(sizes):,}"),
-            ("largest", ", ".join(str(s) for s in sizes[:10])),
-        ]
-        html_parts += ["<h2>Near-duplicate clusters</h2>", _table_html(("", ""), cluster_rows)]
-        md_parts += ["## Near-duplicate clusters", _table_md(("", ""), cluster_rows)]
+    if by_label:
+        html_parts.append("<h2>Rejects by label</h2>")
+        md_parts.append("## Rejects by label")
+    for title, counts in by_label.items():
+        rows = _label_rows(counts)
+        html_parts += [f"<h3>{html.escape(title)}</h3>", _table_html(("", "rejected"), rows)]
+        md_parts += [f"### {title}", _table_md(("", "rejected"), rows)]
     if judgments:
         judge_rows, scores = _judge_summary(judgments)
         histogram = _svg_histogram(

@@ -1,4 +1,4 @@
-"""Atomic file writes and content hashing."""
+"""Atomic file writes, Parquet/JSONL by file suffix (the one place that chooses), and hashing."""
 
 import contextlib
 import gzip
@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -40,13 +40,43 @@ def atomic_path(final: Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def write_frame(frame: pl.DataFrame, path: Path) -> None:
-    """Write Parquet or JSONL (by extension) atomically."""
+FRAME_SUFFIXES = (".parquet", ".jsonl")
+"""File suffixes of frames we read and write: Parquet, or JSON Lines."""
+
+
+def scan_frame(path: Path) -> pl.LazyFrame:
+    """A Parquet or JSONL file (by suffix; anything but `.parquet` is read as JSONL), lazily."""
+    return pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_ndjson(path)
+
+
+def write_frame(frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Write Parquet (with key-value `metadata`) or JSONL, by suffix, atomically."""
     with atomic_path(path) as temp, polars_io_errors(path):
         if path.suffix == ".parquet":
-            frame.write_parquet(temp)
+            frame.write_parquet(temp, metadata=metadata)
         else:
             frame.write_ndjson(temp)
+
+
+def write_frames(frames: Iterable[pl.DataFrame], path: Path) -> int:
+    """Write frames one after another into one Parquet or JSONL file (by suffix), atomically;
+    return the rows written. Only one frame is in memory at a time."""
+    rows = 0
+    with atomic_path(path) as temp, polars_io_errors(path):
+        if path.suffix == ".parquet":
+            appender = ParquetAppender(temp)
+            try:
+                for frame in frames:
+                    appender.write(frame)
+                    rows += frame.height
+            finally:
+                appender.close()
+        else:
+            with temp.open("wb") as handle:
+                for frame in frames:
+                    frame.write_ndjson(handle)
+                    rows += frame.height
+    return rows
 
 
 class ParquetAppender:
@@ -68,6 +98,16 @@ class ParquetAppender:
         """Finish the file (its footer)."""
         if self._writer is not None:
             self._writer.close()
+
+    @classmethod
+    def write_one(cls, frame: pl.DataFrame, path: Path) -> None:
+        """Write one frame as a file of its own, the way the appender writes (so the bytes
+        do not depend on how rows were split into shards and files)."""
+        appender = cls(path)
+        try:
+            appender.write(frame)
+        finally:
+            appender.close()
 
 
 @contextlib.contextmanager

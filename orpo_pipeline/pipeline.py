@@ -3,8 +3,10 @@
 The runner works shard by shard: the source is converted one input file at a time (when its
 format pairs rows one by one), per-row stages run on `shard_rows` rows at a time, and global
 stages (`GlobalStage`: dedupe, near_dedupe, mix, split) first gather small per-row keys of all
-rows, decide on those, then tag each shard. Every stage's kept and rejected rows go to the stage
-cache as Parquet, in `_row` order, so results do not depend on the shard size or the engine.
+rows, decide on those, then tag each shard. Each shard is a task (`convert_task`, `keys_task`,
+`stage_task`) that an executor runs, here or on Ray (`executors.py`), and that writes its kept and
+rejected rows to the stage cache as Parquet, in `_row` order, so results do not depend on the shard
+size, the executor or the engine.
 """
 
 import hashlib
@@ -15,7 +17,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,17 +25,29 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from orpo_pipeline import formats, records
-from orpo_pipeline.cache import Shard, StageCache, StageOutput, cache_root, code_version, stage_key
+from orpo_pipeline.cache import (
+    Shard,
+    StageCache,
+    StageOutput,
+    cache_root,
+    code_version,
+    finished_shard,
+    stage_key,
+    write_shard,
+)
 from orpo_pipeline.datacard import write_data_card
 from orpo_pipeline.errors import ConfigError, DataError
+from orpo_pipeline.executors import Executor, executor
 from orpo_pipeline.formats import ConvertOptions, convert_files
-from orpo_pipeline.formats.convert import ROW_PAIRERS
-from orpo_pipeline.io import ParquetAppender, atomic_path, polars_io_errors, write_text
+from orpo_pipeline.formats.convert import FORMATS, ROW_PAIRERS, detect_format
+from orpo_pipeline.formats.mapping import mapping_kind
+from orpo_pipeline.io import scan_frame, write_frames, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
-from orpo_pipeline.stages.filter import FilterConfig, counting_tokenizer
+from orpo_pipeline.stages.filter import FilterConfig
 from orpo_pipeline.stages.split import SPLIT
+from orpo_pipeline.tokens import counting_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,7 +78,12 @@ class PipelineSpec(BaseModel):
     cache: bool = True
     """Reuse stage outputs whose input, config, code and read files are unchanged."""
     shard_rows: int = Field(default=200_000, ge=1)
-    """Rows a per-row stage holds in memory at once; outputs do not depend on it."""
+    """Rows a stage task holds in memory at once; outputs do not depend on the executor."""
+    executor: Literal["local", "ray"] = "local"
+    """Run the shard tasks in this process, or on a Ray cluster (`pip install
+    'orpo-pipeline[ray]'`); both write the same files and share the stage cache."""
+    address: str | None = None
+    """Ray cluster to connect to (`auto`, `ray://head:10001`); none starts a local cluster."""
 
 
 class StageReport(BaseModel):
@@ -92,35 +110,21 @@ class PipelineReport(BaseModel):
     output_dir: Path
 
 
-REJECT_LABELS = ("reason", "source", "_eval_set", "_cluster")
+def _scan_parts(paths: list[Path]) -> pl.LazyFrame:
+    """The shard files of a stage output as one frame, in shard order."""
+    return pl.concat([pl.scan_parquet(path) for path in paths], how="diagonal_relaxed")
 
 
-def _source_shards(source: SourceConfig) -> Iterator[Shard]:
-    """Converted pairs with a global `_row`: one shard per input file when the format pairs
-    rows one by one, else one shard for all (pairing across rows needs them all)."""
-    first = convert_files(source.inputs[:1], source)
-    if first.kind in ROW_PAIRERS:
-        rest = (convert_files([path], source) for path in source.inputs[1:])
-    else:
-        first, rest = convert_files(source.inputs, source), iter(())
-    offset = 0
-    for result in chain([first], rest):
-        if result.format != first.format:
-            msg = (
-                f"inputs of different formats: {first.inputs[0]} is {first.format}, "
-                f"{result.inputs[0]} is {result.format}; convert them in separate recipes"
-            )
-            raise ConfigError(msg)
-        pairs = result.pairs.with_row_index(ROW, offset=offset)
-        offset += pairs.height
-        yield pairs, result.rejects, result.rows_in
+def _bounds(paths: list[Path], shard_rows: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each run of `shard_rows` rows of a stage output (at least one)."""
+    rows = _scan_parts(paths).select(pl.len()).collect().item()
+    return [(start, shard_rows) for start in range(0, max(rows, 1), shard_rows)]
 
 
-def _slices(path: Path, shard_rows: int) -> Iterator[tuple[int, pl.LazyFrame]]:
-    """(first row, lazy frame) of each run of `shard_rows` rows of a Parquet file (at least one)."""
-    rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-    for start in range(0, max(rows, 1), shard_rows):
-        yield start, pl.scan_parquet(path).slice(start, shard_rows)
+def _slices(paths: list[Path], shard_rows: int) -> Iterator[pl.DataFrame]:
+    """Each run of `shard_rows` rows of a stage output, read one at a time."""
+    for start, rows in _bounds(paths, shard_rows):
+        yield _scan_parts(paths).slice(start, rows).collect()
 
 
 def _split_tagged(tagged: pl.DataFrame) -> Shard:
@@ -137,64 +141,111 @@ def _split_tagged(tagged: pl.DataFrame) -> Shard:
     return tagged.filter(pl.col(REASON).is_null()).drop(REASON), rejected, tagged.height
 
 
-def _stage_shards(parent: Path, stage: BaseModel, shard_rows: int) -> Iterator[Shard]:
-    """Run a stage shard by shard; a global stage decides on the keys of all rows first."""
-    function = STAGES[stage.stage]
-    if not isinstance(function, GlobalStage):
-        for _, shard in _slices(parent, shard_rows):
-            yield _split_tagged(function(shard, stage).collect())
-        return
-    keys = pl.concat(
-        [function.keys(shard, stage).collect() for _, shard in _slices(parent, shard_rows)]
-    )
-    decided = function.decide(keys.lazy(), stage).collect().sort(ROW)
-    del keys
-    for start, shard in _slices(parent, shard_rows):
+# The units of work: each runs where the executor puts it (this process, a Ray worker), reads
+# its input from the stage cache and writes one shard with its completion marker. A shard that
+# is already complete (a retried task) is not redone.
+
+
+def convert_task(directory: Path, index: int, source: SourceConfig, paths: list[Path]) -> dict:
+    """Convert `paths` into shard `index` of the source's entry; the pairs get `_row` when read."""
+    if done := finished_shard(directory, index):
+        return done
+    result = convert_files(paths, source)
+    shard = (result.pairs, result.rejects, result.rows_in)
+    return write_shard(directory, index, shard, format=result.format, first=str(paths[0]))
+
+
+def _input_slice(parent: StageOutput, start: int, rows: int) -> pl.LazyFrame:
+    """Rows `start` to `start + rows` of a stage's input, with `_row` (the source's position)."""
+    lf = _scan_parts(parent.kept).slice(start, rows)
+    return lf if ROW in lf.collect_schema() else lf.with_row_index(ROW, offset=start)
+
+
+def keys_task(parent: StageOutput, start: int, rows: int, stage: BaseModel) -> pl.DataFrame:
+    """A global stage's keys of one slice of its input."""
+    return STAGES[stage.stage].keys(_input_slice(parent, start, rows), stage).collect()
+
+
+def stage_task(
+    directory: Path,
+    index: int,
+    parent: StageOutput,
+    bounds: tuple[int, int],
+    stage: BaseModel,
+    decided: pl.DataFrame | None,
+) -> dict:
+    """Run a stage on one slice of its input into shard `index`; a global stage applies the
+    decisions made on all keys (`decided`: `_row` and what the stage adds, for this slice)."""
+    if done := finished_shard(directory, index):
+        return done
+    shard = _input_slice(parent, *bounds)
+    if decided is None:
+        tagged = STAGES[stage.stage](shard, stage).collect()
+    else:
         frame = shard.collect()
-        part = decided.slice(start, frame.height)  # both in `_row` order, one row per row
-        assert part[ROW].equals(frame[ROW])
-        yield _split_tagged(frame.join(part, on=ROW, how="left", maintain_order="left"))
+        assert decided[ROW].equals(frame[ROW])  # both in `_row` order, one row per row
+        tagged = frame.join(decided, on=ROW, how="left", maintain_order="left")
+    return write_shard(directory, index, _split_tagged(tagged))
 
 
-def _write_frames(frames: Iterable[pl.DataFrame], path: Path) -> int:
-    """Write frames one after another into one Parquet or JSONL file (by extension), atomically;
-    return the rows written. Only one frame is in memory at a time."""
-    rows = 0
-    with atomic_path(path) as temp, polars_io_errors(path):
-        if path.suffix == ".parquet":
-            appender = ParquetAppender(temp)
-            try:
-                for frame in frames:
-                    appender.write(frame)
-                    rows += frame.height
-            finally:
-                appender.close()
-        else:
-            with temp.open("wb") as handle:
-                for frame in frames:
-                    frame.write_ndjson(handle)
-                    rows += frame.height
-    return rows
+def _pairs_row_by_row(source: SourceConfig) -> bool:
+    """Whether the source's format pairs each row on its own (then each file is a shard)."""
+    if source.mapping is not None:
+        return mapping_kind(source.mapping) in ROW_PAIRERS
+    name = source.format or detect_format(source.inputs[0])
+    return name in FORMATS and FORMATS[name].kind in ROW_PAIRERS
 
 
-def _scan(path: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_ndjson(path)
+def _compute_source(source: SourceConfig, executor: Executor, directory: Path) -> int:
+    """Convert the inputs: one shard per file when rows pair on their own, else one for all."""
+    groups = [[p] for p in source.inputs] if _pairs_row_by_row(source) else [source.inputs]
+    done = executor.map(convert_task, [(directory, i, source, g) for i, g in enumerate(groups)])
+    first = done[0]
+    for other in done[1:]:
+        if other["format"] != first["format"]:
+            msg = (
+                f"inputs of different formats: {first['first']} is {first['format']}, "
+                f"{other['first']} is {other['format']}; convert them in separate recipes"
+            )
+            raise ConfigError(msg)
+    return len(groups)
 
 
-def read_reject_labels(path: Path) -> pl.DataFrame:
-    """The columns of a rejects JSONL file that the data card counts (`reason`, and `source`,
-    `_eval_set`, `_cluster` where present), read 64 MiB at a time so memory stays bounded.
+def _compute_stage(
+    parent: StageOutput, stage: BaseModel, shard_rows: int, executor: Executor, directory: Path
+) -> int:
+    """Run a stage slice by slice; a global stage first decides on the keys of all rows."""
+    function = STAGES[stage.stage]
+    bounds = _bounds(parent.kept, shard_rows)
+    decided: list[pl.DataFrame | None] = [None] * len(bounds)
+    if isinstance(function, GlobalStage):
+        keys = pl.concat(executor.map(keys_task, [(parent, *b, stage) for b in bounds]))
+        all_decided = function.decide(keys.lazy(), stage).collect().sort(ROW)
+        del keys
+        decided = [all_decided.slice(start, rows) for start, rows in bounds]
+    calls = [
+        (directory, i, parent, b, stage, d)
+        for i, (b, d) in enumerate(zip(bounds, decided, strict=True))
+    ]
+    executor.map(stage_task, calls)
+    return len(bounds)
+
+
+def read_reject_labels(path: Path, labels: Iterable[str] = ()) -> pl.DataFrame:
+    """The columns of a rejects JSONL file that the data card counts (`reason`, `source` and the
+    given label columns, where present), read 64 MiB at a time so memory stays bounded.
 
     An empty file (a stage that rejected nothing) gives an empty frame: Polars itself cannot read
     an empty JSONL file.
     """
+    wanted = ("reason", "source", *labels)
     frames = []
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 26):
             chunk += handle.readline()  # up to the end of the line cut in two
             frame = pl.read_ndjson(io.BytesIO(chunk))
-            labels = [c for c in REJECT_LABELS if c in frame.columns]
-            frames.append(frame.select(pl.col(labels).cast(pl.String)))
+            present = [c for c in wanted if c in frame.columns]
+            frames.append(frame.select(pl.col(present).cast(pl.String)))
     if not frames:
         return pl.DataFrame(schema={"reason": pl.String})
     return pl.concat(frames, how="diagonal")
@@ -223,7 +274,8 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch.", dir=root) as scratch:
         cache = StageCache(root / "stages" if spec.cache else Path(scratch))
-        report, inputs = _run_steps(spec, cache, stat_cache=root / "hashes.json")
+        with executor(spec.executor, spec.address) as runner:
+            report, inputs = _run_steps(spec, cache, runner, stat_cache=root / "hashes.json")
     write_text(report.model_dump_json(indent=2) + "\n", spec.output_dir / "report.json")
     write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), spec.output_dir / "spec.yaml"
@@ -243,7 +295,7 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
 
 
 def _run_steps(
-    spec: PipelineSpec, cache: StageCache, *, stat_cache: Path
+    spec: PipelineSpec, cache: StageCache, executor: Executor, *, stat_cache: Path
 ) -> tuple[PipelineReport, list[dict[str, Any]]]:
     """Run or load every step, write the rejects and pair files; return the report and inputs."""
     out_dir = spec.output_dir
@@ -261,28 +313,32 @@ def _run_steps(
         key = stage_key(parent=parent, config=step, code=code, reads=[f["sha256"] for f in reads])
         stored = cache.load(key) if spec.cache else None
         if stored is None:
-            shards = (
-                _source_shards(spec.source)
-                if previous is None
-                else _stage_shards(previous.kept, step, spec.shard_rows)
-            )
-            output = cache.store(key, shards)
+            directory = cache.begin(key)
+            try:
+                num_shards = (
+                    _compute_source(spec.source, executor, directory)
+                    if previous is None
+                    else _compute_stage(previous, step, spec.shard_rows, executor, directory)
+                )
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            output = cache.commit(key, directory, num_shards)
             if not spec.cache and previous is not None:
-                shutil.rmtree(previous.kept.parent)  # scratch: the next step reads only this one
+                shutil.rmtree(previous.kept[0].parent)  # scratch: the next step reads only this
         else:
             output = stored
         name = "convert" if is_source else step.stage
-        rejected = pl.scan_parquet(output.rejected)
-        shards = (shard.collect() for _, shard in _slices(output.rejected, spec.shard_rows))
-        _write_frames(shards, out_dir / "rejects" / f"{index:02d}_{name}.jsonl")
+        rejects_file = out_dir / "rejects" / f"{index:02d}_{name}.jsonl"
+        write_frames(_slices(output.rejected, spec.shard_rows), rejects_file)
         reports.append(
             StageReport(
                 stage=name,
                 key=key,
                 cached=stored is not None,
                 rows_in=output.rows_in,
-                rows_out=pl.scan_parquet(output.kept).select(pl.len()).collect().item(),
-                rejected=_reason_counts(rejected),
+                rows_out=_scan_parts(output.kept).select(pl.len()).collect().item(),
+                rejected=_reason_counts(_scan_parts(output.rejected)),
                 seconds=round(time.perf_counter() - started, 3),
             )
         )
@@ -293,15 +349,15 @@ def _run_steps(
         if stale.name not in written:
             stale.unlink()  # left by an earlier run of a longer recipe into the same directory
 
-    columns = pl.read_parquet_schema(previous.kept)
+    columns = _scan_parts(previous.kept).collect_schema()
     public = [c for c in columns if not c.startswith("_")]
     names = ("train", "eval") if SPLIT in columns else ("pairs",)
     outputs = {}
     for name in names:
-        shards = (shard.collect() for _, shard in _slices(previous.kept, spec.shard_rows))
+        shards = _slices(previous.kept, spec.shard_rows)
         parts = (s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in shards)
         file_name = f"{name}.{spec.output_format}"
-        outputs[file_name] = _write_frames((p.select(public) for p in parts), out_dir / file_name)
+        outputs[file_name] = write_frames((p.select(public) for p in parts), out_dir / file_name)
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 
@@ -310,13 +366,18 @@ def write_run_data_card(run_dir: Path) -> tuple[Path, Path]:
     """Regenerate `datacard.html` and `datacard.md` of a data run from the files it wrote."""
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     spec = PipelineSpec.model_validate(yaml.safe_load((run_dir / "spec.yaml").read_text()))
-    rejects = {p.stem: read_reject_labels(p) for p in sorted((run_dir / "rejects").glob("*.jsonl"))}
-    pairs = pl.concat([_scan(run_dir / name) for name in report["outputs"]])
+    labels = {f"{i:02d}_{s.stage}": s.reject_labels for i, s in enumerate(spec.stages, start=1)}
+    rejects = {
+        p.stem: read_reject_labels(p, labels.get(p.stem, {}).values())
+        for p in sorted((run_dir / "rejects").glob("*.jsonl"))
+    }
+    pairs = pl.concat([scan_frame(run_dir / name) for name in report["outputs"]])
     return write_data_card(
         run_dir,
         report,
         pairs,
         rejects,
+        labels=labels,
         tokenizer=_card_tokenizer(spec),
         judgments=read_judgments(run_dir, report),
     )
@@ -330,7 +391,7 @@ def read_judgments(run_dir: Path, report: dict[str, Any]) -> list[dict[str, Any]
     first = names.index("binarize")
     judgments = []
     for name in report["outputs"]:
-        judgments += _scan(run_dir / name).select("judgment").collect()["judgment"].to_list()
+        judgments += scan_frame(run_dir / name).select("judgment").collect()["judgment"].to_list()
     for index in range(first, len(names)):
         path = run_dir / "rejects" / f"{index:02d}_{names[index]}.jsonl"
         with path.open(encoding="utf-8") as lines:

@@ -66,9 +66,15 @@ def card_inputs():
     return pairs, rejects
 
 
+LABELS = {
+    "03_near_dedupe": {"near_duplicate": "_cluster"},
+    "04_decontaminate": {"contaminated": "_eval_set"},
+}
+
+
 def test_writes_html_and_markdown_with_every_section(tmp_path, card_inputs):
     pairs, rejects = card_inputs
-    html_path, md_path = write_data_card(tmp_path / "card", REPORT, pairs, rejects)
+    html_path, md_path = write_data_card(tmp_path / "card", REPORT, pairs, rejects, labels=LABELS)
     assert (html_path.name, md_path.name) == ("datacard.html", "datacard.md")
     html, md = html_path.read_text(), md_path.read_text()
     for heading in (
@@ -76,8 +82,7 @@ def test_writes_html_and_markdown_with_every_section(tmp_path, card_inputs):
         "Stages",
         "Sources",
         "Lengths",
-        "Contamination",
-        "Near-duplicate clusters",
+        "Rejects by label",
     ):
         assert f"<h2>{heading}</h2>" in html
         assert f"## {heading}" in md
@@ -87,8 +92,10 @@ def test_writes_html_and_markdown_with_every_section(tmp_path, card_inputs):
     assert "| pairs in | 9 |" in md and "| pairs out | 4 |" in md
     assert "| 1 | filter | 8 | 6 | blank_message: 2 |" in md
     assert "| web | 2 | 50.0 % | 2 |" in md and "| forum | 0 | 0.0 % | 1 |" in md
-    assert "| mt_bench | 1 |" in md
-    assert "| clusters | 1 |" in md and "| pairs in clusters | 2 |" in md
+    # Each declared label is counted for its own reason only: the carried `_cluster` is not.
+    assert "### 04_decontaminate · contaminated by _eval_set" in md and "| mt_bench | 1 |" in md
+    assert "### 03_near_dedupe · near_duplicate by _cluster" in md
+    assert f"| {pairs['id'][0]} | 1 |" in md and md.count("| distinct values | 1 |") == 2
     assert "chosen longer than rejected | 50.0 %" in md
     assert re.search(r"\| chars \| chosen \| 10 \| ", md)  # min length of the chosen answers
     assert "tokens" not in md
@@ -104,7 +111,7 @@ def test_token_lengths_with_a_tokenizer(tmp_path, card_inputs):
     _, md_path = write_data_card(tmp_path, REPORT, card_inputs[0], tokenizer=fast)
     md = md_path.read_text()
     assert "| tokens | rejected | 1 | " in md  # "No." is one word
-    assert "Contamination" not in md
+    assert "Rejects by label" not in md
 
 
 def test_empty_run(tmp_path):

@@ -1,5 +1,6 @@
 """`convert_files`: read inputs, detect or take the format, turn rows into canonical pairs."""
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from orpo_pipeline.errors import ConfigError, DataError
-from orpo_pipeline.formats import llm_judge, pairwise, preference, ranked, sft
+from orpo_pipeline.formats import llm_judge, pairwise, preference, ranked, sft, vectorized
 from orpo_pipeline.formats.mapping import (
     MAPPING_EXAMPLE,
     mapping_fields,
@@ -249,35 +250,42 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     pending: list[Pending] = []
     markers: Counter[str] = Counter()
     unused = _UnusedFields(options)
-    for path, row in _input_rows(paths, name, options):
+    for path, rows in _input_rows(paths, name, options):
         source = options.source or path.name
-        if isinstance(row, BlankLine):
-            collector.blank_lines += 1
-            continue
-        collector.count_row(str(path))
-        if isinstance(row, BadRow):
-            collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
-            continue
-        try:
-            records = fmt.parse(row.value, options)
-        except RowError as error:
-            collector.reject(
-                str(path), row.line, source, error.reason, error.detail, row.raw_text()
-            )
-            continue
-        except ValidationError as error:  # a record model's own rule, e.g. an empty prompt
-            detail = "; ".join(
-                f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
-            )
-            collector.reject(str(path), row.line, source, "invalid_record", detail, row.raw_text())
-            continue
-        unused.count(row.value)
-        if options.role_markers == "split":
-            records = [strip_markers(record, markers) for record in records]
-        if kind in ROW_PAIRERS:
-            collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
-        else:
-            pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
+        fast = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
+        first_frame = collector.add_frame(str(path), fast.pairs if fast else None)
+        for row in rows if fast is None else fast.rest:
+            if isinstance(row, BlankLine):
+                collector.blank_lines += 1
+                continue
+            collector.count_row(str(path))
+            if isinstance(row, BadRow):
+                collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
+                continue
+            try:
+                records = fmt.parse(row.value, options)
+            except RowError as error:
+                collector.reject(
+                    str(path), row.line, source, error.reason, error.detail, row.raw_text()
+                )
+                continue
+            except ValidationError as error:  # a record model's own rule, e.g. an empty prompt
+                detail = "; ".join(
+                    f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
+                )
+                collector.reject(
+                    str(path), row.line, source, "invalid_record", detail, row.raw_text()
+                )
+                continue
+            unused.count(row.value)
+            if options.role_markers == "split":
+                records = [strip_markers(record, markers) for record in records]
+            if kind in ROW_PAIRERS:
+                collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
+            else:
+                pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
+        if fast is not None:
+            collector.sort_frames(first_frame)
     if pending:
         for item, outcome in GROUP_PAIRERS[kind](pending, options):
             if isinstance(outcome, RowError):
@@ -305,14 +313,16 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
 
 def _input_rows(
     paths: list[Path], name: str, options: ConvertOptions
-) -> Iterator[tuple[Path, ReadItem]]:
-    """(file, row) of every input row in order; an llm_judge layout gives its joined judgments."""
+) -> Iterator[tuple[Path, Iterator[ReadItem]]]:
+    """Every input file with its rows, in order (read lazily); an llm_judge layout gives its
+    judgment files with the joined judgments."""
     if name == "llm_judge":
-        yield from llm_judge.joined_rows(llm_judge.check_paths(paths), options)
+        joined = llm_judge.joined_rows(llm_judge.check_paths(paths), options)
+        for path, items in itertools.groupby(joined, key=lambda item: item[0]):
+            yield path, (row for _, row in items)
         return
     for path in paths:
-        for row in read_rows(path, salvage=options.salvage):
-            yield path, row
+        yield path, read_rows(path, salvage=options.salvage)
 
 
 def _input_files(paths: list[Path], name: str) -> tuple[Path, ...]:
@@ -436,6 +446,24 @@ class _Collector:
             columns["_line"].append(line)
         if len(columns["id"]) >= FRAME_CHUNK_PAIRS:
             self._flush()
+
+    def add_frame(self, file: str, pairs: pl.DataFrame | None) -> int:
+        """Append pairs made elsewhere from rows of `file`, one per converted row; return where
+        they start."""
+        self._flush()
+        start = len(self._frames)
+        if pairs is not None and pairs.height:
+            self._frames.append(pairs)
+            self.rows_in += pairs.height
+            self.rows_by_file[file] += pairs.height
+            self.rows_converted += pairs.height
+        return start
+
+    def sort_frames(self, start: int) -> None:
+        """Order the pairs added since frame `start` (one file's) by line, stably."""
+        self._flush()
+        merged = pl.concat(self._frames[start:]).sort("_line", maintain_order=True)
+        self._frames[start:] = [merged]
 
     def _flush(self) -> None:
         # Arrow builds nested list-of-struct columns from Python objects ~4x faster than Polars.

@@ -3,15 +3,13 @@
 import json
 from pathlib import Path
 
-import polars as pl
-
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.formats.convert import ConversionResult
 from orpo_pipeline.formats.readers import position_unit
-from orpo_pipeline.io import atomic_path, polars_io_errors, sha256_file, write_text
+from orpo_pipeline.io import FRAME_SUFFIXES, sha256_file, write_frame, write_text
 from orpo_pipeline.records import PAIR_SCHEMA
 
-OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+OUTPUT_SUFFIXES = FRAME_SUFFIXES
 PARQUET_METADATA_KEY = "orpo_pipeline.conversion"
 
 
@@ -61,7 +59,7 @@ def write_pairs(
         paths["rejects"] = rejects_path
     report = conversion_report(result, paths)
     if result.pairs.height == 0 and not allow_empty:
-        _write_frame(result.rejects, paths["rejects"])
+        write_frame(result.rejects, paths["rejects"])
         report["files"] = {role: str(paths[role]) for role in ("rejects", "report")}
         write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", paths["report"])
         msg = (
@@ -73,9 +71,9 @@ def write_pairs(
         raise DataError(msg)
     pairs = result.pairs.select(PAIR_SCHEMA.names())
     provenance = result.pairs.select("id", file="_file", line="_line")
-    _write_frame(pairs, out, metadata={PARQUET_METADATA_KEY: json.dumps(report["conversion"])})
-    _write_frame(result.rejects, paths["rejects"])
-    _write_frame(provenance, paths["provenance"])
+    write_frame(pairs, out, metadata={PARQUET_METADATA_KEY: json.dumps(report["conversion"])})
+    write_frame(result.rejects, paths["rejects"])
+    write_frame(provenance, paths["provenance"])
     write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", paths["report"])
     return paths
 
@@ -136,16 +134,6 @@ def _by_file(result: ConversionResult) -> dict[str, dict[str, int]]:
         }
         for file, rows in result.rows_by_file.items()
     }
-
-
-def _write_frame(
-    frame: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None
-) -> None:
-    with atomic_path(path) as temp, polars_io_errors(path):
-        if path.suffix == ".parquet":
-            frame.write_parquet(temp, metadata=metadata)
-        else:
-            frame.write_ndjson(temp)
 
 
 def format_summary(result: ConversionResult) -> str:

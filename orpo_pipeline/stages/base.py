@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +17,10 @@ class StageConfig(BaseModel):
     """Base for stage configs: immutable, unknown keys are errors, docstrings become help."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    reject_labels: ClassVar[dict[str, str]] = {}
+    """Reason -> the column naming what a row rejected for it matched (a cluster, an eval set);
+    the data card counts that reason's rejects per value of the column."""
 
     def reads(self) -> list[Path]:
         """Files the stage reads besides its input frame; their contents are part of its key."""

@@ -1,7 +1,7 @@
 """Reject pairs whose prompt, or whole pair, already appears in another dataset."""
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
@@ -22,6 +22,7 @@ class CrossDedupeConfig(StageConfig):
     """
 
     stage: Literal["cross_dedupe"] = "cross_dedupe"
+    reject_labels: ClassVar[dict[str, str]] = {"in_other_dataset": FOUND_IN}
     others: tuple[Path, ...] = Field(min_length=1)
     """Reference files: canonical pair files (.parquet, .jsonl), or prompt lists (.txt with one
     prompt a line, or .parquet/.jsonl with a string `prompt` column)."""

@@ -2,7 +2,7 @@
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -33,6 +33,7 @@ class DecontaminateConfig(StageConfig):
     """
 
     stage: Literal["decontaminate"] = "decontaminate"
+    reject_labels: ClassVar[dict[str, str]] = {"contaminated": EVAL_SET}
     sets: tuple[EvalSet, ...] = EVAL_SETS
     """Shipped eval prompt sets: MT-bench (both turns), AlpacaEval, Arena-Hard (v0.1 and v2.0),
     IFEval."""

@@ -3,13 +3,12 @@
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.exprs import (
     answer_text,
     any_blank_message,
@@ -19,9 +18,7 @@ from orpo_pipeline.exprs import (
 )
 from orpo_pipeline.stages.base import StageConfig, tag_rejects
 from orpo_pipeline.stages.shingles import utf8_buffers
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+from orpo_pipeline.tokens import counting_tokenizer, token_counter
 
 REFUSAL_PHRASES = (
     "as an ai language model",
@@ -152,34 +149,6 @@ class FilterConfig(StageConfig):
             msg = f"{', '.join(used)} count tokens: set `tokenizer` (a model name or path)"
             raise ValueError(msg)
         return self
-
-
-def counting_tokenizer(name: str) -> "PreTrainedTokenizerBase":
-    """The tokenizer of a model name or checkpoint path, for counting tokens (no chat template)."""
-    from transformers import AutoTokenizer
-
-    from orpo_pipeline.models import resolve_model
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except OSError as error:
-        msg = f"filter: cannot load tokenizer {name!r} ({error}); give a local checkpoint path"
-        raise ConfigError(msg) from error
-
-
-def token_counter(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Expr], pl.Expr]:
-    """Text expression -> its token count (UInt32): message text only, no special tokens."""
-
-    def count(texts: pl.Series) -> pl.Series:
-        encoded = tokenizer(
-            texts.fill_null("").to_list(),
-            add_special_tokens=False,
-            return_length=True,
-            return_attention_mask=False,
-        )
-        return pl.Series(texts.name, encoded["length"], dtype=pl.UInt32)
-
-    return lambda text: text.map_batches(count, return_dtype=pl.UInt32, is_elementwise=True)
 
 
 def _longest_char_run(texts: pl.Series) -> pl.Series:

@@ -8,12 +8,12 @@ import polars as pl
 
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.exprs import contents
+from orpo_pipeline.io import FRAME_SUFFIXES, scan_frame
 
 EvalSet = Literal["mt_bench", "alpaca_eval", "arena_hard", "ifeval"]
 EVAL_SETS: tuple[EvalSet, ...] = ("mt_bench", "alpaca_eval", "arena_hard", "ifeval")
 """Evaluation prompt sets shipped in `resources/eval_sets` (see the `SOURCE.md` there)."""
 
-_SCANNERS = {".parquet": pl.scan_parquet, ".jsonl": pl.scan_ndjson, ".txt": pl.scan_lines}
 ANSWERS = ("chosen", "rejected")
 
 
@@ -33,16 +33,13 @@ def scan_reference(path: Path, *, with_answers: bool = False) -> pl.LazyFrame:
         ConfigError: The file is missing or its extension is not one of the above.
         DataError: It has no `prompt` column, or answers were asked of a prompt list.
     """
-    if path.suffix not in _SCANNERS:
+    if path.suffix not in (*FRAME_SUFFIXES, ".txt"):
         msg = f"{path}: expected a .parquet, .jsonl or .txt reference file"
         raise ConfigError(msg)
     if not path.is_file():
         msg = f"reference file not found: {path}"
         raise ConfigError(msg)
-    if path.suffix == ".txt":
-        lf = pl.scan_lines(path, name="prompt")
-    else:
-        lf = _SCANNERS[path.suffix](path)
+    lf = pl.scan_lines(path, name="prompt") if path.suffix == ".txt" else scan_frame(path)
     schema = lf.collect_schema()
     columns = ["prompt", *(ANSWERS if with_answers else ())]
     missing = [c for c in columns if c not in schema]

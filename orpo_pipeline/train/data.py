@@ -10,6 +10,7 @@ import polars as pl
 import torch
 
 from orpo_pipeline.errors import ConfigError, DataError
+from orpo_pipeline.io import FRAME_SUFFIXES, scan_frame
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -19,15 +20,14 @@ COLUMNS = ("id", "prompt", "chosen", "rejected")
 
 def read_pairs(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
     """The `id`, `prompt`, `chosen` and `rejected` of a canonical pair file, in file order."""
-    readers = {".parquet": pl.scan_parquet, ".jsonl": pl.scan_ndjson}
-    if path.suffix not in readers:
+    if path.suffix not in FRAME_SUFFIXES:
         msg = f"{path}: expected a .parquet or .jsonl pair file"
         raise DataError(msg)
     if not path.exists():
         msg = f"pair file not found: {path}; run `orpo-pipeline data` first or fix the path"
         raise DataError(msg)
     try:
-        frame = readers[path.suffix](path)
+        frame = scan_frame(path)
         missing = [c for c in COLUMNS if c not in frame.collect_schema()]
         if missing:
             msg = f"{path}: no column(s) {missing}; expected canonical pairs (see records.py)"

@@ -187,7 +187,7 @@ def test_an_incomplete_cache_entry_is_recomputed(reference, tmp_path):
     finish(start(workdir))
     entry = _cache_entries(workdir)[0]
     (entry / "COMPLETE").unlink()
-    kept = entry / "kept.parquet"
+    kept = entry / "kept-00000.parquet"
     kept.write_bytes(kept.read_bytes()[:100])
     finish(start(workdir))
     assert_complete(workdir, files)
@@ -197,7 +197,7 @@ def test_an_unreadable_cache_entry_is_recomputed(reference, tmp_path):
     files, _ = reference
     workdir = make_workdir(tmp_path / "torn")
     finish(start(workdir))
-    kept = _cache_entries(workdir)[0] / "kept.parquet"
+    kept = _cache_entries(workdir)[0] / "kept-00000.parquet"
     kept.write_bytes(kept.read_bytes()[:100])
     finish(start(workdir))
     assert_complete(workdir, files)

@@ -1,0 +1,525 @@
+"""Vectorised conversion of HH-RLHF and TRL preference files: Polars over the whole file.
+
+Rows that Polars can vouch for (well-formed, the common shapes) become pairs here, equal to what
+the per-row converter makes of them; every other row is handed back, in file order, to the
+per-row converter, which pairs or rejects it exactly as it always has. So the output, rejects and
+provenance included, does not depend on which path a row took (tested row for row).
+"""
+
+import gzip
+import hashlib
+import io
+import itertools
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orpo_pipeline.formats.conversation import ROLE_NAMES
+from orpo_pipeline.formats.options import ConvertOptions
+from orpo_pipeline.formats.readers import (
+    MAX_NESTING,
+    BlankLine,
+    ReadItem,
+    SourceRow,
+    _parse_json_line,
+    input_kind,
+)
+from orpo_pipeline.records import PAIR_SCHEMA
+
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+_UNSAFE_TEXT = r"[\x00\x01\x1c-\x1f]"
+"""Characters Python's `str.strip` and Polars' `strip_chars` disagree on (\\x1c-\\x1f), and the
+two this module uses as markers."""
+_ESCAPED_KEY = r'"[^"\\]*\\u[0-9a-fA-F]{4}[^"]*"\s*:'
+"""A JSON key written with a \\u escape: Python and Polars may disagree on duplicate keys."""
+_SCORE_FIELDS = {
+    "chosen": ("score_chosen", "chosen_score", "rating_chosen", "chosen_rating", "chosen-rating"),
+    "rejected": (
+        "score_rejected",
+        "rejected_score",
+        "rating_rejected",
+        "rejected_rating",
+        "rejected-rating",
+    ),
+}
+"""As `preference._score` looks for them, in order."""
+
+
+class FastRows(NamedTuple):
+    """Pairs made here and the rows left for the per-row converter."""
+
+    pairs: pl.DataFrame
+    """PAIR_SCHEMA columns plus `_file` and `_line`, one pair per converted row, in file order."""
+    rest: list[ReadItem]
+    """The other rows and the blank lines, in file order."""
+
+
+def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> FastRows | None:
+    """Convert what can be converted of `path` (format `name`) with Polars; None when the format
+    or the file kind has no vectorised path, or when salvaging (the caller converts every row
+    itself). With `role_markers='split'`, pairs with a text that starts with a role label go
+    back to the per-row converter, which splits or strips the labels and counts the changes."""
+    build = _BUILDERS.get(name)
+    if build is None or options.mapping is not None or options.salvage:
+        return None
+    split = options.role_markers == "split"
+    kind = input_kind(path)
+    if kind == "parquet":
+        try:
+            table = pq.read_table(path)
+            frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+            return None  # the per-row reader reports what is wrong with the file
+        pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
+        rest = _rest_lines(frame["_line"], pairs)
+        values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
+        rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
+        return FastRows(_finish(pairs, path, source), rows)
+    if kind != "jsonl" or (lines := _json_lines(path)) is None:
+        return None
+    parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
+    pairs = _without_markers(pl.concat(parts, how="diagonal_relaxed").sort("_line"), split=split)
+    is_row = _is_row(pl.col("_text"))
+    rest = _rest_lines(lines.filter(is_row)["_line"], pairs)
+    texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
+    rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
+    blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
+    return FastRows(_finish(pairs, path, source), sorted([*rows, *blank], key=lambda r: r.line))
+
+
+_LEADING_LABEL = r"^[\s\x1c-\x1f]*(Human|Assistant):"
+"""Text that `markers.strip_markers` may change (it also checks the message's role; taking
+every such text back to the per-row converter is never wrong)."""
+
+
+def _without_markers(pairs: pl.DataFrame, *, split: bool) -> pl.DataFrame:
+    """`pairs` less those with a prompt message or answer starting with a role label, when
+    `split` (their rows then go to the per-row converter as rows without a pair)."""
+    if not split or not pairs.height:
+        return pairs
+    labelled = (
+        pl.col("prompt")
+        .list.eval(pl.element().struct.field("content").str.contains(_LEADING_LABEL))
+        .list.any()
+        | pl.col("_chosen").str.contains(_LEADING_LABEL)
+        | pl.col("_rejected").str.contains(_LEADING_LABEL)
+    )
+    return pairs.filter(~labelled.fill_null(value=False))
+
+
+def _rest_lines(lines: pl.Series, pairs: pl.DataFrame) -> np.ndarray:
+    """The row numbers in `lines` that have no pair in `pairs`, in order."""
+    return lines.filter(~lines.is_in(pairs["_line"].cast(lines.dtype).implode())).to_numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Lines
+
+
+def _json_lines(path: Path) -> pl.DataFrame | None:
+    """`_line` (1-based, as the per-row reader counts) and `_text` of every line; None when the
+    file cannot be read or is not valid UTF-8 as a whole (the per-row reader handles it)."""
+    try:
+        data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+        lines = pl.scan_lines(io.BytesIO(data), name="_text").collect()
+    except (OSError, EOFError, zlib.error, pl.exceptions.PolarsError):
+        return None  # the per-row reader reports what is wrong with the file
+    return lines.with_row_index("_line", offset=1)
+
+
+def _is_row(text: pl.Expr) -> pl.Expr:
+    """Lines the per-row reader counts as rows: not blank (ASCII whitespace only)."""
+    return text.str.strip_chars(" \t\n\r\x0b\x0c") != ""
+
+
+_TRL_STRINGS = {
+    "prompt": pl.String,
+    "chosen": pl.String,
+    "rejected": pl.String,
+    "system": pl.String,
+    **{name: pl.Float64 for names in _SCORE_FIELDS.values() for name in names},
+}
+_TRL_LISTS = {**_TRL_STRINGS, "chosen": pl.List(MESSAGE), "rejected": pl.List(MESSAGE)}
+_FIELDS = {
+    "hh_rlhf": [{"chosen": pl.String, "rejected": pl.String}],
+    "trl_preference": [_TRL_STRINGS, _TRL_LISTS, {**_TRL_LISTS, "prompt": pl.List(MESSAGE)}],
+}
+"""Per format, the layouts decoded from JSON Lines; a line is decoded with the one it fits."""
+
+
+def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
+    """Per layout of `name`, the lines Polars decodes as Python's `json` does, decoded.
+
+    A line is decoded only when each field it has appears once with a value of the layout's type
+    (checked on the text, since Polars would turn `1` into `"1"` for a string field) and it has
+    no \\u-escaped key, no lone-surrogate escape, no deep nesting, no BOM and no CR.
+    """
+    text = pl.col("_text")
+    checks = [
+        _is_row(text),
+        ~text.str.contains(_ESCAPED_KEY),
+        ~text.str.contains(r"\\u[dD][89abcdefABCDEF]"),
+        text.str.count_matches(r"\[|\{") <= MAX_NESTING,
+        ~text.str.starts_with("\ufeff"),
+        ~text.str.ends_with("\r"),
+        ~text.str.contains(r"\\u00(0[01]|1[c-fC-F])"),
+        ~text.str.contains(_UNSAFE_TEXT),
+    ]
+    if name == "trl_preference":
+        checks.append(~text.str.contains(r'"(from|value|type|text)"\s*:'))
+        for key in ("role", "content"):
+            keys = text.str.count_matches(f'"{key}"' + r"\s*:")
+            checks.append(keys == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
+    safe = lines.filter(pl.all_horizontal(checks))
+    decoded = []
+    for fields in _FIELDS[name]:
+        fits = []
+        for field, dtype in fields.items():
+            opening = {pl.String: '"', pl.Float64: "-?[0-9]"}.get(dtype, r"\[")
+            if field not in ("chosen", "rejected"):
+                opening = f"({opening}|null)"
+            keys = text.str.count_matches(f'"{field}"' + r"\s*:")
+            value = text.str.contains(f'"{field}"' + r"\s*:\s*" + opening)
+            fits.append((keys == 0) | ((keys == 1) & value))
+        fit = safe.select(pl.all_horizontal(fits)).to_series()
+        decoded.append(_decode_rows(safe.filter(fit), pl.Struct(fields)))
+        safe = safe.filter(~fit)  # a line is decoded with the first layout it fits
+    return decoded
+
+
+def _decode_rows(lines: pl.DataFrame, dtype: pl.Struct) -> pl.DataFrame:
+    """`_line` and the decoded fields of the lines that decode; halves a failing batch until
+    the bad lines are found (they go to the per-row reader)."""
+    if not lines.height:
+        return pl.DataFrame(schema={"_line": pl.UInt32, **dtype.to_schema()})
+    try:
+        return lines.select("_line", pl.col("_text").str.json_decode(dtype).alias("_v")).unnest(
+            "_v"
+        )
+    except pl.exceptions.PolarsError:
+        if lines.height == 1:
+            return pl.DataFrame(schema={"_line": pl.UInt32, **dtype.to_schema()})
+        half = lines.height // 2
+        return pl.concat(
+            [_decode_rows(lines.head(half), dtype), _decode_rows(lines.slice(half), dtype)]
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages and pairs as expressions
+
+
+def _strip(text: pl.Expr) -> pl.Expr:
+    return text.str.strip_chars()
+
+
+def _safe_text(text: pl.Expr) -> pl.Expr:
+    """True where Polars and Python treat the text alike (no marker or separator characters)."""
+    return ~text.str.contains(_UNSAFE_TEXT)
+
+
+def _hh_messages(transcript: pl.Expr) -> pl.Expr:
+    """HH transcript -> stripped messages; null where the per-row parser would raise."""
+    marked = transcript.str.replace_all(r"\n\n(Human|Assistant):", "\x00${1}\x01")
+    parts = marked.str.split("\x00")
+    turns = parts.list.slice(1).list.eval(
+        pl.struct(
+            role=pl.element()
+            .str.extract(r"^(Human|Assistant)\x01", 1)
+            .replace_strict({"Human": "user", "Assistant": "assistant"}),
+            content=_strip(pl.element().str.replace(r"^(Human|Assistant)\x01", "")),
+        )
+    )
+    well_formed = (
+        (parts.list.len() > 1) & (_strip(parts.list.first()) == "") & _safe_text(transcript)
+    )
+    return pl.when(well_formed).then(turns)
+
+
+def _no_repeated_turn(roles: pl.Expr) -> pl.Expr:
+    """`check_alternation` on a string of one letter per role: no letter twice in a row after
+    a first system message."""
+    turns = pl.when(roles.str.starts_with("s")).then(roles.str.slice(1)).otherwise(roles)
+    return ~turns.str.contains("uu|aa|ss|tt")
+
+
+def _mapped(messages: pl.Expr) -> pl.Expr:
+    """OpenAI messages with our role names; null where a role is unknown or a field missing."""
+    mapped = messages.list.eval(
+        pl.struct(
+            role=pl.element()
+            .struct.field("role")
+            .str.to_lowercase()
+            .replace_strict(ROLE_NAMES, default=None),
+            content=pl.element().struct.field("content"),
+        )
+    )
+    complete = mapped.list.eval(
+        pl.element().struct.field("role").is_not_null()
+        & pl.element().struct.field("content").is_not_null()
+    ).list.all()
+    return pl.when(complete & messages.is_not_null()).then(mapped)
+
+
+def _key(role: pl.Expr, content: pl.Expr) -> pl.Expr:
+    return role + "\x01" + content
+
+
+def _last_answers(chosen: pl.Expr, rejected: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """(prompt, chosen answer, rejected answer, ok) for two conversations that share all but one
+    final assistant answer each, as `split_last_answers` splits them.
+
+    The shared messages are compared as one string per conversation (role and content joined by
+    separators no compared text holds), which is far faster than comparing lists of structs.
+    """
+    keys, lasts = [], []
+    for messages in (chosen, rejected):
+        element = pl.element().struct.field
+        joined = messages.list.eval(_key(element("role"), element("content"))).list.join("\x00")
+        last = messages.list.last()
+        last_key = _key(last.struct.field("role"), last.struct.field("content"))
+        separators = joined.str.count_matches("\x00") + joined.str.count_matches("\x01")
+        clean = separators == 2 * messages.list.len() - 1
+        prefix = joined.str.head(joined.str.len_chars() - last_key.str.len_chars())
+        keys.append(pl.when(clean).then(prefix))
+        lasts.append(last)
+    length = chosen.list.len()
+    ok = (
+        (length >= 2)
+        & (rejected.list.len() == length)
+        & (keys[0] == keys[1])
+        & (lasts[0].struct.field("role") == "assistant")
+        & (lasts[1].struct.field("role") == "assistant")
+    )
+    answers = (lasts[0].struct.field("content"), lasts[1].struct.field("content"))
+    prompt = chosen.list.slice(0, length - 1)
+    return prompt, *answers, ok & (answers[0] != answers[1])
+
+
+def _checked(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """`check_pair`: keep rows with a trainable prompt and two stripped, distinct answers."""
+    contents = pl.col("prompt").list.eval(pl.element().struct.field("content"))
+    last_role = pl.col("prompt").list.last().struct.field("role")
+    chosen, rejected = _strip(pl.col("_chosen")), _strip(pl.col("_rejected"))
+    ok = (
+        pl.col("_ok")
+        & (pl.col("prompt").list.len() > 0)
+        & contents.list.eval(_strip(pl.element()) != "").list.all()
+        & last_role.is_in(["user", "tool"])
+        & (chosen != "")
+        & (rejected != "")
+        & (chosen != rejected)
+        & _safe_text(pl.col("_chosen"))
+        & _safe_text(pl.col("_rejected"))
+        & contents.list.eval(_safe_text(pl.element())).list.all()
+    )
+    return lf.filter(ok.fill_null(value=False)).with_columns(_chosen=chosen, _rejected=rejected)
+
+
+_HH_ASSISTANT = "\n\nAssistant:"
+
+
+def _hh_rlhf(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """Both transcripts must be one shared text, then "\n\nAssistant:" and an answer each (the
+    per-row parser compares parsed turns, so any pair it would split this way is equal here)."""
+    if not {"chosen", "rejected"} <= set(schema) or not (
+        schema["chosen"] == schema["rejected"] == pl.String
+    ):
+        return lf.select("_line").clear()
+    heads, tails, checks = [], [], []
+    for side in ("chosen", "rejected"):
+        text = pl.col(side)
+        tail = text.str.split(_HH_ASSISTANT, literal=True).list.last()
+        heads.append(text.str.head(text.str.len_chars() - tail.str.len_chars() - 12))
+        tails.append(tail)
+        checks += [
+            text.str.contains(_HH_ASSISTANT, literal=True),
+            ~tail.str.contains("\n\nHuman:", literal=True),
+            _safe_text(text),
+        ]
+    roles = (
+        heads[0]
+        .str.extract_all(r"\n\n(Human|Assistant):")
+        .list.join("")
+        .str.replace_all("\n\nHuman:", "u", literal=True)
+        .str.replace_all(_HH_ASSISTANT, "a", literal=True)
+    )
+    ok = pl.all_horizontal(checks) & (heads[0] == heads[1]) & _no_repeated_turn(roles + "a")
+    return _checked(
+        lf.select(
+            "_line",
+            _hh_messages(heads[0]).alias("prompt"),
+            _strip(tails[0]).alias("_chosen"),
+            _strip(tails[1]).alias("_rejected"),
+            ok.alias("_ok"),
+            pl.lit(None, dtype=pl.Float64).alias("score_chosen"),
+            pl.lit(None, dtype=pl.Float64).alias("score_rejected"),
+        )
+    )
+
+
+def _score(schema: pl.Schema, side: str) -> pl.Expr:
+    """The first numeric score field of a side, as `preference._score` takes it (NaN is none)."""
+    columns = [
+        pl.col(name).cast(pl.Float64).fill_nan(None)
+        for name in _SCORE_FIELDS[side]
+        if name in schema and (schema[name].is_integer() or schema[name].is_float())
+    ]
+    return pl.coalesce(columns) if columns else pl.lit(None, dtype=pl.Float64)
+
+
+def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    if not {"chosen", "rejected"} <= set(schema):
+        return lf.select("_line").clear()
+    kinds = {schema["chosen"], schema["rejected"]}
+    prompt_type = schema.get("prompt", pl.Null)
+    system_type = schema.get("system", pl.Null)
+    if system_type not in (pl.String, pl.Null) or prompt_type not in (
+        pl.String,
+        pl.Null,
+        pl.List(MESSAGE),
+    ):
+        return lf.select("_line").clear()
+    system = pl.col("system") if system_type == pl.String else pl.lit(None, dtype=pl.String)
+    system = pl.when(_strip(system) != "").then(system)
+    head = (
+        pl.when(system.is_not_null())
+        .then(pl.concat_list(pl.struct(role=pl.lit("system"), content=system)))
+        .otherwise(pl.lit([], dtype=pl.List(MESSAGE)))
+    )
+    given = pl.col("prompt") if "prompt" in schema else pl.lit(None, dtype=pl.String)
+    if prompt_type == pl.List(MESSAGE):
+        given_messages = _mapped(given)
+    else:
+        given_messages = pl.concat_list(pl.struct(role=pl.lit("user"), content=given))
+    with_head = pl.concat_list(head, given_messages)
+    scores = (
+        _score(schema, "chosen").alias("score_chosen"),
+        _score(schema, "rejected").alias("score_rejected"),
+    )
+    if kinds == {pl.String}:
+        return _checked(
+            lf.select(
+                "_line",
+                with_head.alias("prompt"),
+                pl.col("chosen").alias("_chosen"),
+                pl.col("rejected").alias("_rejected"),
+                (given.is_not_null() & given_messages.is_not_null()).alias("_ok"),
+                *scores,
+            )
+        )
+    if kinds != {pl.List(MESSAGE)}:
+        return lf.select("_line").clear()
+    mapped = lf.with_columns(_mapped(pl.col("chosen")), _mapped(pl.col("rejected")))
+    chosen, rejected = pl.col("chosen"), pl.col("rejected")
+    answer_only = (
+        (chosen.list.len() == 1)
+        & (rejected.list.len() == 1)
+        & (chosen.list.first().struct.field("role") == "assistant")
+        & (rejected.list.first().struct.field("role") == "assistant")
+    )
+    with_prompt = (given.is_not_null() & answer_only).fill_null(value=False)
+    answers = mapped.filter(with_prompt).select(
+        "_line",
+        with_head.alias("prompt"),
+        chosen.list.first().struct.field("content").alias("_chosen"),
+        rejected.list.first().struct.field("content").alias("_rejected"),
+        given_messages.is_not_null().alias("_ok"),
+        *scores,
+    )
+    prompt, chosen_answer, rejected_answer, split_ok = _last_answers(chosen, rejected)
+    prompt_has_system = prompt.list.first().struct.field("role") == "system"
+    split_prompt = (
+        pl.when(system.is_null() | prompt_has_system)
+        .then(prompt)
+        .otherwise(pl.concat_list(head, prompt))
+    )
+    # A message-list prompt next to whole conversations is merged by the per-row converter.
+    split_case = given.is_null() | pl.lit(prompt_type == pl.String)
+    conversations = mapped.filter(~with_prompt).select(
+        "_line",
+        split_prompt.alias("prompt"),
+        chosen_answer.alias("_chosen"),
+        rejected_answer.alias("_rejected"),
+        (split_case & split_ok).alias("_ok"),
+        *scores,
+    )
+    return _checked(pl.concat([answers, conversations]))
+
+
+_BUILDERS: dict[str, Callable[[pl.LazyFrame, pl.Schema], pl.LazyFrame]] = {
+    "hh_rlhf": _hh_rlhf,
+    "trl_preference": _trl_preference,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+_OUTPUT_SCHEMA = pl.Schema({**PAIR_SCHEMA, "_file": pl.String, "_line": pl.Int64})
+
+
+def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
+    """Canonical pair columns, `_file` and `_line`; ids as `records.pair_id` makes them."""
+    if not pairs.height:
+        return pl.DataFrame(schema=_OUTPUT_SCHEMA)
+    frame = pairs.select(
+        "_line",
+        pl.col("prompt").cast(PAIR_SCHEMA["prompt"]),
+        *(
+            pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(f"_{side}")))
+            .cast(PAIR_SCHEMA[side])
+            .alias(side)
+            for side in ("chosen", "rejected")
+        ),
+        pl.col("score_chosen").cast(pl.Float64),
+        pl.col("score_rejected").cast(pl.Float64),
+    )
+    # json.dumps([prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":")): Polars
+    # writes strings exactly as Python does (checked on every code point), and `,"chosen":`
+    # cannot occur inside a string, where every quote is escaped.
+    payload = (
+        frame.select(pl.struct("prompt", "chosen", "rejected").struct.json_encode())
+        .to_series()
+        .str.replace('{"prompt":', "[", literal=True, n=1)
+        .str.replace(',"chosen":', ",", literal=True, n=1)
+        .str.replace(',"rejected":', ",", literal=True, n=1)
+        .str.replace(r"\}$", "]")
+    )
+    ids = _sha256_prefixes(payload)
+    return frame.select(
+        pl.Series("id", ids, dtype=pl.String),
+        "prompt",
+        "chosen",
+        "rejected",
+        pl.lit(source, dtype=pl.String).alias("source"),
+        "score_chosen",
+        "score_rejected",
+        pl.lit(str(path), dtype=pl.String).alias("_file"),
+        pl.col("_line").cast(pl.Int64),
+    )
+
+
+def _sha256_prefixes(texts: pl.Series) -> list[str]:
+    """First 32 hex digits of the sha256 of each text's UTF-8 bytes, read straight from the
+    Arrow buffers (no Python string per row)."""
+    array = texts.to_arrow().cast(pa.large_string())
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset :]
+    data = memoryview(array.buffers()[2]) if len(array) else memoryview(b"")
+    bounds = offsets.tolist()
+    sha256 = hashlib.sha256
+    return [
+        sha256(data[start:end]).hexdigest()[:32]
+        for start, end in itertools.pairwise(bounds)
+    ][: len(array)]
