@@ -53,6 +53,7 @@ def make_train(model: Path, data: Path, runs: Path, *overrides: str) -> Path:
         "max_steps=3",
         "num_eval_pairs=8",
         "num_sample_generations=0",
+        "eval_after=false",  # the default job's judged evaluation is tested in tests/evaluation
         *overrides,
     ]
     invoke(
