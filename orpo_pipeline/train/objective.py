@@ -20,6 +20,28 @@ POLICY_SUMS = (
     "policy_margin",
 )
 """Statistics every objective appends: the same held-out quality measures for every arm."""
+REWARD_SUMS = (
+    "losses",
+    "chosen_rewards",
+    "rejected_rewards",
+    "reward_wins",
+    "chosen_logps",
+    "rejected_logps",
+    "nll_sum",
+    "nll_tokens",
+)
+"""Statistics of the implicit-reward objectives (DPO and CPO/SimPO), summed over micro-batches."""
+REWARD_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "nll_loss",
+)
+"""TRL's DPOTrainer/CPOTrainer metric names that those statistics give."""
 POLICY_METRICS = ("chosen_nll", "logp_accuracy", "logp_margin")
 """Objective-independent metrics: per-token NLL of the chosen response, fraction of pairs whose
 chosen response has the higher mean log-prob, and the mean of ℓ_w − ℓ_l."""

@@ -11,6 +11,8 @@ from orpo_pipeline.train.loss import PairLogps
 from orpo_pipeline.train.objective import (
     POLICY_METRICS,
     POLICY_SUMS,
+    REWARD_METRICS,
+    REWARD_SUMS,
     LossBatch,
     ObjectiveOutput,
     named_sums,
@@ -63,28 +65,8 @@ class Dpo:
 
     needs_reference: ClassVar[bool] = True
     uses_rejected: ClassVar[bool] = True
-    sum_names: ClassVar[tuple[str, ...]] = (
-        "losses",
-        "chosen_rewards",
-        "rejected_rewards",
-        "reward_wins",
-        "chosen_logps",
-        "rejected_logps",
-        "nll_sum",
-        "nll_tokens",
-        *POLICY_SUMS,
-    )
-    metric_names: ClassVar[tuple[str, ...]] = (
-        "loss",
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-        "logps/rejected",
-        "nll_loss",
-        *POLICY_METRICS,
-    )
+    sum_names: ClassVar[tuple[str, ...]] = (*REWARD_SUMS, *POLICY_SUMS)
+    metric_names: ClassVar[tuple[str, ...]] = (*REWARD_METRICS, *POLICY_METRICS)
 
     @classmethod
     def from_config(cls, config: "TrainConfig") -> "Dpo":
