@@ -7,9 +7,7 @@ provenance included, does not depend on which path a row took (tested row for ro
 """
 
 import gzip
-import hashlib
 import io
-import itertools
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import polars as pl
+import polars_hash as plh
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -226,29 +225,23 @@ def _safe_text(text: pl.Expr) -> pl.Expr:
     return ~text.str.contains(_UNSAFE_TEXT)
 
 
-def _hh_messages(transcript: pl.Expr) -> pl.Expr:
-    """HH transcript -> stripped messages; null where the per-row parser would raise."""
-    marked = transcript.str.replace_all(r"\n\n(Human|Assistant):", "\x00${1}\x01")
-    parts = marked.str.split("\x00")
-    turns = parts.list.slice(1).list.eval(
+def _hh_marked(transcript: pl.Expr) -> pl.Expr:
+    """The transcript with each "\n\nHuman:" and "\n\nAssistant:" tag written "\x00u" and
+    "\x00a" (one pass; texts holding \x00 never get here)."""
+    return transcript.str.replace_many(list(_HH_TAGS), list(_HH_TAGS.values()))
+
+
+def _hh_messages(parts: pl.Expr) -> pl.Expr:
+    """Messages from the tagged parts of a transcript (`_hh_marked` split at \x00, the text
+    before the first tag left out), stripped."""
+    return parts.list.eval(
         pl.struct(
-            role=pl.element()
-            .str.extract(r"^(Human|Assistant)\x01", 1)
-            .replace_strict({"Human": "user", "Assistant": "assistant"}),
-            content=_strip(pl.element().str.replace(r"^(Human|Assistant)\x01", "")),
+            role=pl.when(pl.element().str.starts_with("u"))
+            .then(pl.lit("user"))
+            .otherwise(pl.lit("assistant")),
+            content=_strip(pl.element().str.slice(1)),
         )
     )
-    well_formed = (
-        (parts.list.len() > 1) & (_strip(parts.list.first()) == "") & _safe_text(transcript)
-    )
-    return pl.when(well_formed).then(turns)
-
-
-def _no_repeated_turn(roles: pl.Expr) -> pl.Expr:
-    """`check_alternation` on a string of one letter per role: no letter twice in a row after
-    a first system message."""
-    turns = pl.when(roles.str.starts_with("s")).then(roles.str.slice(1)).otherwise(roles)
-    return ~turns.str.contains("uu|aa|ss|tt")
 
 
 def _mapped(messages: pl.Expr) -> pl.Expr:
@@ -304,65 +297,84 @@ def _last_answers(chosen: pl.Expr, rejected: pl.Expr) -> tuple[pl.Expr, pl.Expr,
     return prompt, *answers, ok & (answers[0] != answers[1])
 
 
-def _checked(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """`check_pair`: keep rows with a trainable prompt and two stripped, distinct answers."""
-    contents = pl.col("prompt").list.eval(pl.element().struct.field("content"))
+def _checked(lf: pl.LazyFrame, *, prompt_checked: bool = False) -> pl.LazyFrame:
+    """`check_pair`: keep rows with a trainable prompt and two stripped, distinct answers
+    (`prompt_checked`: the builder's `_ok` already holds for every prompt message's content
+    being safe text, not blank once stripped)."""
     last_role = pl.col("prompt").list.last().struct.field("role")
     chosen, rejected = _strip(pl.col("_chosen")), _strip(pl.col("_rejected"))
     ok = (
         pl.col("_ok")
         & (pl.col("prompt").list.len() > 0)
-        & contents.list.eval(_strip(pl.element()) != "").list.all()
         & last_role.is_in(["user", "tool"])
         & (chosen != "")
         & (rejected != "")
         & (chosen != rejected)
         & _safe_text(pl.col("_chosen"))
         & _safe_text(pl.col("_rejected"))
-        & contents.list.eval(_safe_text(pl.element())).list.all()
     )
+    if not prompt_checked:
+        contents = pl.col("prompt").list.eval(
+            pl.element()
+            .struct.field("content")
+            .pipe(lambda text: _safe_text(text) & (_strip(text) != ""))
+        )
+        ok = ok & contents.list.all()
     return lf.filter(ok.fill_null(value=False)).with_columns(_chosen=chosen, _rejected=rejected)
 
 
-_HH_ASSISTANT = "\n\nAssistant:"
+_HH_TAGS = {"\n\nHuman:": "\x00u", "\n\nAssistant:": "\x00a"}
 
 
 def _hh_rlhf(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     """Both transcripts must be one shared text, then "\n\nAssistant:" and an answer each (the
-    per-row parser compares parsed turns, so any pair it would split this way is equal here)."""
+    per-row parser compares parsed turns, so any pair it would split this way is equal here).
+
+    Works on the tagged texts (`_hh_marked`): the last part is the answer, the parts between
+    the first tag and the answer are the prompt's turns; no tag may follow the same tag.
+    """
     if not {"chosen", "rejected"} <= set(schema) or not (
         schema["chosen"] == schema["rejected"] == pl.String
     ):
         return lf.select("_line").clear()
-    heads, tails, checks = [], [], []
+    heads, answers, checks = [], [], []
     for side in ("chosen", "rejected"):
-        text = pl.col(side)
-        tail = text.str.split(_HH_ASSISTANT, literal=True).list.last()
-        heads.append(text.str.head(text.str.len_chars() - tail.str.len_chars() - 12))
-        tails.append(tail)
+        marked = pl.col(f"_{side}_marked")
+        answer = marked.str.split("\x00").list.last()
+        heads.append(marked.str.head(marked.str.len_chars() - answer.str.len_chars() - 1))
+        answers.append(_strip(answer.str.slice(1)))
         checks += [
-            text.str.contains(_HH_ASSISTANT, literal=True),
-            ~tail.str.contains("\n\nHuman:", literal=True),
-            _safe_text(text),
+            answer.str.starts_with("a"),
+            marked.str.count_matches("\x00", literal=True) >= 2,
+            _safe_text(pl.col(side)),
         ]
-    roles = (
-        heads[0]
-        .str.extract_all(r"\n\n(Human|Assistant):")
-        .list.join("")
-        .str.replace_all("\n\nHuman:", "u", literal=True)
-        .str.replace_all(_HH_ASSISTANT, "a", literal=True)
+    parts = heads[0].str.split("\x00")
+    contents = parts.list.slice(1).list.eval(_strip(pl.element().str.slice(1)) != "")
+    ok = (
+        pl.all_horizontal(checks)
+        & (heads[0] == heads[1])
+        & (_strip(parts.list.first()) == "")
+        & ~pl.col("_chosen_marked").str.contains("\x00u[^\x00]*\x00u|\x00a[^\x00]*\x00a")
+        & contents.list.all()
     )
-    ok = pl.all_horizontal(checks) & (heads[0] == heads[1]) & _no_repeated_turn(roles + "a")
+    marked = lf.select(
+        "_line",
+        _hh_marked(pl.col("chosen")).alias("_chosen_marked"),
+        _hh_marked(pl.col("rejected")).alias("_rejected_marked"),
+        "chosen",
+        "rejected",
+    )
     return _checked(
-        lf.select(
+        marked.select(
             "_line",
-            _hh_messages(heads[0]).alias("prompt"),
-            _strip(tails[0]).alias("_chosen"),
-            _strip(tails[1]).alias("_rejected"),
+            _hh_messages(parts.list.slice(1)).alias("prompt"),
+            answers[0].alias("_chosen"),
+            answers[1].alias("_rejected"),
             ok.alias("_ok"),
             pl.lit(None, dtype=pl.Float64).alias("score_chosen"),
             pl.lit(None, dtype=pl.Float64).alias("score_rejected"),
-        )
+        ),
+        prompt_checked=True,
     )
 
 
@@ -485,19 +497,17 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         pl.col("score_rejected").cast(pl.Float64),
     )
     # json.dumps([prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":")): Polars
-    # writes strings exactly as Python does (checked on every code point), and `,"chosen":`
-    # cannot occur inside a string, where every quote is escaped.
-    payload = (
-        frame.select(pl.struct("prompt", "chosen", "rejected").struct.json_encode())
-        .to_series()
-        .str.replace('{"prompt":', "[", literal=True, n=1)
-        .str.replace(',"chosen":', ",", literal=True, n=1)
-        .str.replace(',"rejected":', ",", literal=True, n=1)
-        .str.replace(r"\}$", "]")
+    # writes strings exactly as Python does (checked on every code point); each part is
+    # encoded as a one-field object, whose key and braces are cut off.
+    parts = [
+        pl.struct(pl.col(name).alias("k")).struct.json_encode().str.slice(5).str.head(-1)
+        for name in ("prompt", "chosen", "rejected")
+    ]
+    payload = pl.concat_str(
+        [pl.lit("["), parts[0], pl.lit(","), parts[1], pl.lit(","), parts[2], pl.lit("]")]
     )
-    ids = _sha256_prefixes(payload)
-    return frame.select(
-        pl.Series("id", ids, dtype=pl.String),
+    return frame.with_columns(payload.alias("_payload")).select(
+        plh.col("_payload").chash.sha2_256().str.head(32).alias("id"),
         "prompt",
         "chosen",
         "rejected",
@@ -507,19 +517,3 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         pl.lit(str(path), dtype=pl.String).alias("_file"),
         pl.col("_line").cast(pl.Int64),
     )
-
-
-def _sha256_prefixes(texts: pl.Series) -> list[str]:
-    """First 32 hex digits of the sha256 of each text's UTF-8 bytes, read straight from the
-    Arrow buffers (no Python string per row)."""
-    array = texts.to_arrow().cast(pa.large_string())
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset :]
-    data = memoryview(array.buffers()[2]) if len(array) else memoryview(b"")
-    bounds = offsets.tolist()
-    sha256 = hashlib.sha256
-    return [
-        sha256(data[start:end]).hexdigest()[:32]
-        for start, end in itertools.pairwise(bounds)
-    ][: len(array)]
