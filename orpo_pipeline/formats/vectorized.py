@@ -136,7 +136,7 @@ def _json_lines(path: Path) -> pl.DataFrame | None:
 
 def _is_row(text: pl.Expr) -> pl.Expr:
     """Lines the per-row reader counts as rows: not blank (ASCII whitespace only)."""
-    return text.str.strip_chars(" \t\n\r\x0b\x0c") != ""
+    return text.str.contains(r"[^ \t\n\r\x0b\x0c]")
 
 
 _TRL_STRINGS = {
@@ -164,12 +164,9 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
     text = pl.col("_text")
     checks = [
         _is_row(text),
-        ~text.str.contains(_ESCAPED_KEY),
-        ~text.str.contains(r"\\u[dD][89abcdefABCDEF]"),
         text.str.count_matches(r"\[|\{") <= MAX_NESTING,
         ~text.str.starts_with("\ufeff"),
         ~text.str.ends_with("\r"),
-        ~text.str.contains(r"\\u00(0[01]|1[c-fC-F])"),
         ~text.str.contains(_UNSAFE_TEXT),
     ]
     if name == "trl_preference":
@@ -178,10 +175,25 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
             keys = text.str.count_matches(f'"{key}"' + r"\s*:")
             checks.append(keys == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
     safe = lines.filter(pl.all_horizontal(checks))
+    escaped = safe.filter(text.str.contains("\\u", literal=True)).filter(
+        text.str.contains(_ESCAPED_KEY)
+        | text.str.contains(r"\\u[dD][89abcdefABCDEF]")
+        | text.str.contains(r"\\u00(0[01]|1[c-fC-F])")
+    )
+    if escaped.height:
+        safe = safe.filter(~pl.col("_line").is_in(escaped["_line"].implode()))
+    present = set(
+        safe.select(text.str.extract_all(r'"[^"\\]*"\s*:').explode().str.extract(r'^"(.*)"', 1))
+        .to_series()
+        .unique()
+        .to_list()
+    )
     decoded = []
     for fields in _FIELDS[name]:
-        fits = []
+        fits = [text.is_not_null()]
         for field, dtype in fields.items():
+            if field not in present:
+                continue  # no line has it: `keys == 0` everywhere
             opening = {pl.String: '"', pl.Float64: "-?[0-9]"}.get(dtype, r"\[")
             if field not in ("chosen", "rejected"):
                 opening = f"({opening}|null)"
@@ -337,39 +349,46 @@ def _hh_rlhf(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         schema["chosen"] == schema["rejected"] == pl.String
     ):
         return lf.select("_line").clear()
-    heads, answers, checks = [], [], []
-    for side in ("chosen", "rejected"):
-        marked = pl.col(f"_{side}_marked")
-        answer = marked.str.split("\x00").list.last()
-        heads.append(marked.str.head(marked.str.len_chars() - answer.str.len_chars() - 1))
-        answers.append(_strip(answer.str.slice(1)))
-        checks += [
-            answer.str.starts_with("a"),
-            marked.str.count_matches("\x00", literal=True) >= 2,
+    sides = ("chosen", "rejected")
+    tagged = lf.select(
+        "_line",
+        *(pl.col(side) for side in sides),
+        *(_hh_marked(pl.col(side)).alias(f"_{side}_marked") for side in sides),
+    ).with_columns(
+        pl.col(f"_{side}_marked").str.split("\x00").list.last().alias(f"_{side}_answer")
+        for side in sides
+    )
+    marked = {side: pl.col(f"_{side}_marked") for side in sides}
+    answers = {side: pl.col(f"_{side}_answer") for side in sides}
+    with_heads = tagged.with_columns(
+        marked[side]
+        .str.head(marked[side].str.len_chars() - answers[side].str.len_chars() - 1)
+        .alias(f"_{side}_head")
+        for side in sides
+    ).with_columns(_parts=pl.col("_chosen_head").str.split("\x00"))
+    parts = pl.col("_parts")
+    checks = [
+        check
+        for side in sides
+        for check in (
+            answers[side].str.starts_with("a"),
+            marked[side].str.count_matches("\x00", literal=True) >= 2,
             _safe_text(pl.col(side)),
-        ]
-    parts = heads[0].str.split("\x00")
+        )
+    ]
     contents = parts.list.slice(1).list.eval(_strip(pl.element().str.slice(1)) != "")
     ok = (
         pl.all_horizontal(checks)
-        & (heads[0] == heads[1])
+        & (pl.col("_chosen_head") == pl.col("_rejected_head"))
         & (_strip(parts.list.first()) == "")
-        & ~pl.col("_chosen_marked").str.contains("\x00u[^\x00]*\x00u|\x00a[^\x00]*\x00a")
+        & ~marked["chosen"].str.contains("\x00u[^\x00]*\x00u|\x00a[^\x00]*\x00a")
         & contents.list.all()
     )
-    marked = lf.select(
-        "_line",
-        _hh_marked(pl.col("chosen")).alias("_chosen_marked"),
-        _hh_marked(pl.col("rejected")).alias("_rejected_marked"),
-        "chosen",
-        "rejected",
-    )
     return _checked(
-        marked.select(
+        with_heads.select(
             "_line",
             _hh_messages(parts.list.slice(1)).alias("prompt"),
-            answers[0].alias("_chosen"),
-            answers[1].alias("_rejected"),
+            *(_strip(answers[side].str.slice(1)).alias(f"_{side}") for side in sides),
             ok.alias("_ok"),
             pl.lit(None, dtype=pl.Float64).alias("score_chosen"),
             pl.lit(None, dtype=pl.Float64).alias("score_rejected"),
