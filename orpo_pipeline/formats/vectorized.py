@@ -182,10 +182,16 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
     )
     if escaped.height:
         safe = safe.filter(~pl.col("_line").is_in(escaped["_line"].implode()))
+    # The fields some line has (and maybe some string values that look alike): a field no line
+    # has is left out of the checks and of the decoded layout.
+    fields_named = sorted({field for fields in _FIELDS[name] for field in fields})
     present = set(
-        safe.select(text.str.extract_all(r'"[^"\\]*"\s*:').explode().str.extract(r'^"(.*)"', 1))
+        safe.select(text.str.extract_many([f'"{field}"' for field in fields_named]))
         .to_series()
+        .explode()
+        .drop_nulls()
         .unique()
+        .str.strip_chars('"')
         .to_list()
     )
     decoded = []
@@ -201,7 +207,8 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
             value = text.str.contains(f'"{field}"' + r"\s*:\s*" + opening)
             fits.append((keys == 0) | ((keys == 1) & value))
         fit = safe.select(pl.all_horizontal(fits)).to_series()
-        decoded.append(_decode_rows(safe.filter(fit), pl.Struct(fields)))
+        layout = pl.Struct({field: dtype for field, dtype in fields.items() if field in present})
+        decoded.append(_decode_rows(safe.filter(fit), layout))
         safe = safe.filter(~fit)  # a line is decoded with the first layout it fits
     return decoded
 
