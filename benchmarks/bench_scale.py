@@ -40,6 +40,12 @@ FILE_PAIRS = 200_000
 NODES = (1, 2, 4, 8, 16, 32, 64)
 NETWORK_BYTES_PER_S = 1.25e9
 """10 Gbit/s between nodes, for the keys gathered to the driver and the decisions sent back."""
+STAGES = ("convert", "validate", "dedupe", "near_dedupe", "filter", "decontaminate", "split")
+SECONDS_PER_MILLION = {"generate": 25.0, "local": 350.0, "ray": 400.0}
+"""Rough seconds per million pairs on an idle 2-CPU machine, for the estimate printed before a
+run when no earlier result is at hand: the idle 10 M run of 2026-11-25 (1,496 s without
+near_dedupe and decontaminate) scaled by those two stages' share in the loaded 400 k run of
+2026-12-01; Ray adds start-up and per-task overhead."""
 
 
 def write_inputs(directory: Path, num_pairs: int) -> list[Path]:
@@ -196,7 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     num_pairs = 200_000 if args.quick else args.pairs
     executors = args.executors.split(",")
-    print(f"bench_scale: {num_pairs:,} pairs through every stage on {executors}", flush=True)
+    files = math.ceil(num_pairs / FILE_PAIRS)
+    print(
+        f"bench_scale: {num_pairs:,} synthetic pairs ({files} Parquet files of up to "
+        f"{FILE_PAIRS:,}, about {num_pairs * 700 / 1e9:.1f} GB) through {', '.join(STAGES)}, "
+        f"once per executor: {', '.join(executors)}; {estimate(num_pairs, executors)}",
+        flush=True,
+    )
     shutil.rmtree(WORKDIR, ignore_errors=True)
 
     started = time.perf_counter()
@@ -231,6 +243,25 @@ def main(argv: list[str] | None = None) -> dict:
     OUTPUT.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(_markdown(result))
     return result
+
+
+def estimate(num_pairs: int, executors: list[str]) -> str:
+    """How long the run should take: from the last result in `OUTPUT` (its wall per pair) when
+    it had at least 1 M pairs (smaller runs are mostly start-up), else `SECONDS_PER_MILLION`."""
+    rates, basis = dict(SECONDS_PER_MILLION), "rough idle-machine rates"
+    last = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
+    if last.get("num_pairs", 0) >= 1_000_000:
+        millions = last["num_pairs"] / 1e6
+        rates["generate"] = last["generate_s"] / millions
+        rates.update({e: last[e]["wall_s"] / millions for e in executors if e in last})
+        basis = f"scaled from the last run ({last['num_pairs']:,} pairs, {last['date']})"
+    parts = {name: rates[name] * num_pairs / 1e6 for name in ("generate", *executors)}
+    listing = ", ".join(f"{name} ~{_minutes(seconds)}" for name, seconds in parts.items())
+    return f"estimate {_minutes(sum(parts.values()))} in all ({listing}; {basis})"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _markdown(result: dict) -> str:

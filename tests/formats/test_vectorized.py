@@ -288,3 +288,21 @@ def test_every_vendored_preference_file_row_for_row(path, monkeypatch):
 
     options = ConvertOptions(format=detect_format(path))
     assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
+
+
+def test_a_field_on_one_line_only_is_checked_on_that_line(tmp_path, monkeypatch):
+    """The JSON checks look only at fields some line has: a rare field with the wrong type (or
+    a field name that is only a string value) still sends just its own line per row."""
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(40)]
+    rows[3]["chosen-rating"] = "9"
+    rows[7]["system"] = 5
+    rows[11]["rejected_score"] = 2
+    rows[15]["prompt"] = '"score_chosen": "x"'
+    rows[19]["prompt"] = [{"role": "user", "content": "hi"}]
+    path = tmp_path / "trl.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    options = ConvertOptions(format="trl_preference")
+    fast = convert_files([path], options)
+    assert_same(fast, per_row([path], options, monkeypatch))
+    assert converted_here(path, options) >= 36
+    assert fast.pairs.filter(pl.col("_line") == 12)["score_rejected"].to_list() == [2.0]
