@@ -71,6 +71,10 @@ bench: setup model ## Run the benchmarks (slow; results in runs/bench)
 bench-train: setup model ## Benchmark our trainer against TRL's ORPOTrainer only (slow; DEVICE=cuda on a GPU)
 	$(BIN)/python -m benchmarks.bench_train --device $(or $(DEVICE),cpu)
 
+.PHONY: bench-scale
+bench-scale: setup ## 10 M pairs through every curation stage, local and on Ray (slow; PAIRS=50000 for fewer)
+	$(BIN)/python -m benchmarks.bench_scale --pairs $(or $(PAIRS),10000000)
+
 .PHONY: clean
 clean: ## Remove the venv, caches and runs
 	rm -rf $(VENV) $(MIN_VENV) .cache runs .pytest_cache .ruff_cache .hypothesis
