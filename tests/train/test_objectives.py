@@ -42,7 +42,7 @@ def test_every_objective_name_has_one_class():
     assert set(OBJECTIVES) == set(typing.get_args(ObjectiveName))
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "simpo", "cpo"])
+@pytest.mark.parametrize("objective", ["sft", "dpo", "simpo", "cpo", "kto"])
 def test_each_objective_trains_every_weight_and_reports_its_metrics(
     make_config, tiny_dir, objective
 ):
