@@ -73,12 +73,19 @@ def read_examples(path: Path, data: DataKind, *, limit: int | None = None) -> li
         needs = "`chosen` and `rejected`" if data == "pairs" else "a boolean `label`"
         msg = f"{path}: no columns {needs}; this objective trains on {data} (see the README)"
         raise DataError(msg)
-    frame = scan_frame(path).head(limit).collect()
-    labelled = data == "labelled"
-    return [
-        _completion_row(row, path, line, labelled=labelled)
-        for line, row in enumerate(frame.to_dicts(), 1)
-    ]
+    from orpo_pipeline.formats.readers import BadRow, BlankLine, position_unit, read_rows
+
+    rows = []
+    for item in read_rows(path):  # row by row: exact JSON types, and where each row is
+        if isinstance(item, BadRow):
+            msg = f"{path}: {position_unit(path)} {item.line}: {item.reason}: {item.detail}"
+            raise DataError(msg)
+        if not isinstance(item, BlankLine):
+            where = f"{path}: {position_unit(path)} {item.line}"
+            rows.append(_completion_row(item.value, where, labelled=data == "labelled"))
+        if len(rows) == limit:
+            break
+    return rows
 
 
 def _unpair(pair: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,9 +95,7 @@ def _unpair(pair: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _completion_row(
-    row: dict[str, Any], path: Path, line: int, *, labelled: bool
-) -> dict[str, Any]:
+def _completion_row(row: dict[str, Any], where: str, *, labelled: bool) -> dict[str, Any]:
     """One SFT record or labelled row as `id`, `prompt`, `completion` (one message), `label`."""
     from orpo_pipeline.formats.options import ConvertOptions
     from orpo_pipeline.formats.rows import RowError
@@ -106,7 +111,7 @@ def _completion_row(
             conversation = [m.model_dump() for m in parse(row, options)[0].messages]
             prompt, answer, label = conversation[:-1], conversation[-1]["content"], None
     except RowError as error:
-        msg = f"{path}: row {line}: {error}"
+        msg = f"{where}: {error}"
         raise DataError(msg) from error
     completion = [{"role": "assistant", "content": answer}]
     return {
