@@ -55,8 +55,7 @@ def read_examples(path: Path, data: DataKind, *, limit: int | None = None) -> li
     undesirable). Other files hold one answer per row, read as `id`, `prompt`, `completion` and
     `label`: SFT records (`messages` ending with the answer, or `prompt` + `completion`) for
     `completions`, and rows with a boolean `label` (TRL's unpaired `prompt`, `completion`,
-    `label`, or LLaMA-Factory's `messages` + `label`) for `labelled` or `completions`.
-    `limit` counts rows of the file.
+    `label`, or LLaMA-Factory's `messages` + `label`) for `labelled`. `limit` counts rows.
     """
     if path.suffix in FRAME_SUFFIXES and path.exists():
         try:
@@ -72,6 +71,9 @@ def read_examples(path: Path, data: DataKind, *, limit: int | None = None) -> li
     if data == "pairs" or (data == "labelled" and "label" not in columns):
         needs = "`chosen` and `rejected`" if data == "pairs" else "a boolean `label`"
         msg = f"{path}: no columns {needs}; this objective trains on {data} (see the README)"
+        raise DataError(msg)
+    if data == "completions" and "label" in columns:
+        msg = f"{path}: labelled rows train objective kto; sft would learn the undesirable answers"
         raise DataError(msg)
     from orpo_pipeline.formats.readers import BadRow, BlankLine, position_unit, read_rows
 
@@ -103,7 +105,7 @@ def _completion_row(row: dict[str, Any], where: str, *, labelled: bool) -> dict[
 
     options = ConvertOptions()
     try:
-        if labelled or row.get("label") is not None:
+        if labelled:
             unpaired = parse_kto(row, options)[0]
             prompt, answer, label = unpaired.prompt, unpaired.answer, unpaired.desirable
         else:

@@ -211,6 +211,8 @@ def test_kto_trains_on_unpaired_rows_and_sft_on_sft_records(make_config, tmp_pat
         train(make_config(objective="kto", train_pairs=tmp_path / "sft-train.jsonl"))
     with pytest.raises(DataError, match="no columns `chosen` and `rejected`"):
         train(make_config(objective="dpo", train_pairs=tmp_path / "kto-train.jsonl"))
+    with pytest.raises(DataError, match="labelled rows train objective kto"):
+        train(make_config(objective="sft", train_pairs=tmp_path / "kto-train.jsonl"))
 
 
 def test_kto_settings_are_checked():
