@@ -34,10 +34,11 @@ from orpo_pipeline import judges
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.generate import Sampling, sample_responses, vllm_usable
 from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
+from orpo_pipeline.stages.judge import SHIPPED_JUDGE_PROMPT
 
 OUTPUT = Path("runs/bench/rlaif.json")
 HH = Path("data/hh-rlhf-harmless-base/test.jsonl.gz")
-JUDGE_PROMPT = Path("pipelines/judge_prompt.txt")
+JUDGE_PROMPT = SHIPPED_JUDGE_PROMPT
 MAX_PROMPT_CHARS = 400
 SAMPLING = Sampling(max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0)
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orpo_pipeline import __version__
-from orpo_pipeline.errors import OrpoPipelineError
+from orpo_pipeline.errors import DataError, OrpoPipelineError
 
 if TYPE_CHECKING:
     from orpo_pipeline.pipeline import PipelineReport
@@ -211,7 +211,14 @@ def data(
 
     flags = {"executor": executor, "address": address}
     overrides += tuple(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)
-    _print_report(run_pipeline(load_config(recipe, PipelineSpec, overrides)))
+    report = run_pipeline(load_config(recipe, PipelineSpec, overrides))
+    _print_report(report)
+    if not any(report.outputs.values()):
+        msg = (
+            f"{recipe}: no pairs written: every row was rejected; the reasons are in "
+            f"{report.output_dir / 'rejects'} and {report.output_dir / 'datacard.html'}"
+        )
+        raise DataError(msg)
 
 
 def _print_report(report: "PipelineReport") -> None:

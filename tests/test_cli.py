@@ -50,6 +50,22 @@ def test_missing_input_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_recipe_that_writes_no_pairs_exits_non_zero_and_keeps_its_rejects(tmp_path):
+    rows = [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(3)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: x\nsource: {{inputs: [{tmp_path}/pairs.jsonl]}}\n"
+        f"stages: [{{stage: filter, min_response_chars: 10}}]\noutput_dir: {tmp_path}/out\n"
+    )
+    result = CliRunner().invoke(cli, ["data", str(recipe)])
+    assert result.exit_code == 1, result.output
+    assert "no pairs written" in result.output and "Traceback" not in result.output
+    rejects = (tmp_path / "out" / "rejects" / "01_filter.jsonl").read_text().splitlines()
+    assert [json.loads(line)["reason"] for line in rejects] == ["response_too_short"] * 3
+    assert (tmp_path / "out" / "datacard.html").exists()
+
+
 def test_schemas_directory_matches_the_models():
     assert export_schemas(REPO / "schemas", check=True) == []
 

@@ -13,6 +13,8 @@ from orpo_pipeline import judges
 from orpo_pipeline.stages.base import StageConfig
 from orpo_pipeline.stages.sample import RESPONSES, usable
 
+SHIPPED_JUDGE_PROMPT = Path(__file__).parent.parent / "resources" / "judge_prompt.txt"
+"""The default pairwise judge prompt: which of two answers is more helpful, honest and harmless."""
 COMPARISON = pl.Struct(
     {
         "first": pl.Int64,
@@ -56,8 +58,9 @@ class JudgeConfig(StageConfig):
     """implicit_reward: the reference model the policy was trained from."""
     beta: float = Field(default=0.1, gt=0.0)
     """implicit_reward: the scale of the log-ratio."""
-    prompt_file: Path = Path("pipelines/judge_prompt.txt")
-    """llm_judge: the judge prompt, with {conversation}, {response_a} and {response_b}."""
+    prompt_file: Path | None = None
+    """llm_judge: the judge prompt, with {conversation}, {response_a} and {response_b};
+    null: the shipped one (`orpo_pipeline/resources/judge_prompt.txt`)."""
     endpoint: str | None = None
     """llm_judge: base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1);
     None runs `model` in-process."""
@@ -81,11 +84,16 @@ class JudgeConfig(StageConfig):
             raise ValueError(msg)
         return self
 
+    @property
+    def prompt_path(self) -> Path:
+        """The judge prompt file in use: `prompt_file`, or the shipped one."""
+        return self.prompt_file or SHIPPED_JUDGE_PROMPT
+
     def reads(self) -> list[Path]:
         """The judge prompt (llm_judge) and the files of local models."""
         from orpo_pipeline.models import resolve_model
 
-        files = [self.prompt_file] if self.judge == "llm_judge" else []
+        files = [self.prompt_path] if self.judge == "llm_judge" else []
         if self.endpoint is None:
             names = [self.model, *([self.reference] if self.reference else [])]
             files += [p for p in (Path(resolve_model(n)) for n in names) if p.is_dir()]
@@ -93,7 +101,7 @@ class JudgeConfig(StageConfig):
 
 
 def _pairwise(frame: pl.DataFrame, config: JudgeConfig, ask: judges.LabelLogprobs) -> list[Any]:
-    template = config.prompt_file.read_text(encoding="utf-8")
+    template = config.prompt_path.read_text(encoding="utf-8")
     items = [
         (
             prompt,
@@ -138,7 +146,7 @@ def build_judge(config: JudgeConfig) -> tuple[Any, dict[str, Any]]:
     else:
         judge = judges.LocalLabels(config.model, batch_size=config.batch_size)
     if config.judge == "llm_judge":
-        identity |= judges.prompt_identity(config.prompt_file)
+        identity |= judges.prompt_identity(config.prompt_path)
     return judge, identity | judge.identity()
 
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field
 
 from orpo_pipeline.errors import ConfigError
+from orpo_pipeline.evaluation.config import EvalAfter
 from orpo_pipeline.io import write_text
 from orpo_pipeline.runs import config_hash, load_manifest, utc_stamp
 from orpo_pipeline.train.config import Settings, TrainConfig
@@ -30,9 +31,17 @@ QUALITY = (
     ("eval_chosen_nll", "Chosen NLL (nats/token)"),
 )
 """Held-out measures that depend on the policy alone, so they mean the same for every arm."""
+JUDGED = (
+    ("win_rate", "win rate vs start", ".3f"),
+    ("lc_win_rate", "LC win rate", ".3f"),
+    ("ifeval_prompt_level_strict_candidate", "IFEval prompt strict", ".3f"),
+    ("mean_tokens_candidate", "answer tokens", ".1f"),
+)
+"""Each arm's final model judged against the start model (`evaluation`), from its summary."""
 PALETTE = ("#1f6fb4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 SECONDS_PER_STEP = 5.0
 SECONDS_PER_EVAL_PAIR = 0.45
+SECONDS_PER_EVALUATION = 240.0
 """The default model on 2 idle CPU cores (max_length 256, 4 pairs a step; README, `make train`):
 used only to say up front about how long a comparison will take."""
 
@@ -58,13 +67,17 @@ class CompareConfig(Settings):
     """Longest sample answer in tokens."""
     isolate: bool = True
     """Run each stage in a fresh process, so its wall time and peak memory are its own."""
+    evaluation: EvalAfter = None
+    """Judge each arm's final model against the start model (`orpo-pipeline eval`'s settings:
+    `true` for the defaults, or an `EvalConfig` mapping); the start model's answers are
+    generated once and reused by every arm. Stages' own `eval_after` is switched off."""
 
     def recipes(self, arms_dir: Path) -> list[tuple[str, int, RecipeConfig]]:
         """(arm, seed, recipe) of every run, validated."""
         runs = []
         for seed in self.seeds:
             for arm, stages in self.arms.items():
-                base = self.base | {"seed": seed, "num_sample_generations": 0}
+                base = self.base | {"seed": seed, "num_sample_generations": 0, "eval_after": None}
                 recipe = RecipeConfig(
                     name=f"{arm}-seed{seed}", output_dir=arms_dir, base=base, stages=stages
                 )
@@ -88,6 +101,13 @@ def plan(config: CompareConfig) -> str:
             described.append(f"{train.objective} ({count} steps)")
         lines.append(f"  {arm}: {' -> '.join(described)}")
     seconds = len(config.seeds) * (steps * SECONDS_PER_STEP + evals * SECONDS_PER_EVAL_PAIR)
+    if config.evaluation is not None:
+        from orpo_pipeline.evaluation.run import describe_plan
+
+        lines.append(
+            f"each arm's final model vs the start model: {describe_plan(config.evaluation)}"
+        )
+        seconds += len(config.seeds) * len(config.arms) * SECONDS_PER_EVALUATION
     lines.append(
         f"{steps * len(config.seeds)} optimizer steps and {evals * len(config.seeds)} eval pairs: "
         f"about {seconds / 60:.0f} min on 2 idle CPU cores for the default model"
@@ -125,7 +145,20 @@ def arm_result(chain_dir: Path) -> dict[str, Any]:
         "before": {name: first["eval_before"][name] for name, _ in QUALITY},
         "after": {name: final["eval_after"][name] for name, _ in QUALITY},
         "curve": curve,
+        "evaluation": final.get("evaluation", {}).get("summary"),
+        "evaluation_seconds": final.get("evaluation", {}).get("seconds", {}).get("total"),
+        "judge_notes": final.get("evaluation", {}).get("judge_notes", []),
+        "baseline_sha256": final.get("evaluation", {}).get("baseline", {}).get("sha256"),
     }
+
+
+def evaluate_arm(chain_dir: Path, config: CompareConfig) -> None:
+    """Judge an arm's final model against the start model (into its last stage's run)."""
+    from orpo_pipeline.evaluation.run import evaluate_run
+
+    last = chain_dir / load_manifest(chain_dir)["stages"][-1]["path"]
+    start = TrainConfig.model_validate(config.base).model
+    evaluate_run(last, against=start, config=config.evaluation, root=config.output_dir)
 
 
 def at_flops(curve: list[dict[str, float]], flops: float, name: str) -> float | None:
@@ -159,6 +192,11 @@ def summarise(results: dict[str, list[dict[str, Any]]], *, matched_points: int) 
         for name, _ in QUALITY:
             arms[arm][f"before/{name}"] = mean_spread([r["before"][name] for r in runs])
             arms[arm][name] = mean_spread([r["after"][name] for r in runs])
+        if all(r.get("evaluation") for r in runs):
+            arms[arm]["evaluation"] = {
+                name: mean_spread([r["evaluation"].get(name) for r in runs])
+                for name, _, _ in JUDGED
+            }
         arms[arm]["matched"] = [
             {"flops": budget}
             | {
@@ -213,7 +251,10 @@ def run_compare(config: CompareConfig, *, echo=print) -> Path:
     samples: dict[str, Any] = {}
     for done, (arm, seed, recipe) in enumerate(runs, start=1):
         echo(f"[{done}/{len(runs)}] {arm} seed {seed}")
-        result = arm_result(run_recipe(recipe, isolated=config.isolate))
+        chain = run_recipe(recipe, isolated=config.isolate)
+        if config.evaluation is not None:
+            evaluate_arm(chain, config)
+        result = arm_result(chain)
         results[arm].append(result | {"seed": seed})
         elapsed = time.monotonic() - started
         echo(
@@ -231,6 +272,9 @@ def run_compare(config: CompareConfig, *, echo=print) -> Path:
         "runs": results,
         "samples": samples,
         "answer_words": {name: answer_lengths(s) for name, s in samples.items()},
+        "judge_notes": list(
+            dict.fromkeys(n for runs in results.values() for r in runs for n in r["judge_notes"])
+        ),
         "seconds": time.monotonic() - started,
     }
     write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", out / "compare.json")
@@ -247,8 +291,12 @@ def _fmt(cell: dict[str, float | None], spec: str, scale: float = 1.0) -> str:
 
 def table(report: dict[str, Any]) -> list[list[str]]:
     """Rows of the per-arm table: header first."""
+    arms = report["summary"]["arms"]
+    judged = all("evaluation" in s for s in arms.values())
     rows = [["arm", "tokens", "PFLOPs", "wall s", "peak MiB", "accuracy", "margin", "chosen NLL"]]
-    for arm, s in report["summary"]["arms"].items():
+    rows[0] += [title for _, title, _ in JUDGED] if judged else []
+    for arm, s in arms.items():
+        evaluation = s.get("evaluation", {})
         rows.append(
             [
                 arm,
@@ -259,6 +307,7 @@ def table(report: dict[str, Any]) -> list[list[str]]:
                 _fmt(s["eval_logp_accuracy"], ".3f"),
                 _fmt(s["eval_logp_margin"], ".3f"),
                 _fmt(s["eval_chosen_nll"], ".3f"),
+                *([_fmt(evaluation[name], spec) for name, _, spec in JUDGED] if judged else []),
             ]
         )
     return rows
@@ -289,6 +338,21 @@ def _html_table(rows: list[list[str]]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:]
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _judged_note(report: dict[str, Any]) -> str:
+    """Who judged the arms against the start model, and the caveats `eval` gives about it."""
+    evaluated = [r for runs in report["runs"].values() for r in runs if r.get("evaluation")]
+    if not evaluated:
+        return ""
+    notes = report.get("judge_notes", [])
+    return (
+        "<p>Win rates: each arm's final model against the start model, judged in both orders "
+        "(a disagreement is a tie); LC is length-controlled; IFEval is the arm's prompt-level "
+        "strict accuracy. Per-prompt verdicts are in each arm's last run under "
+        "<code>evaluation/</code>.</p>"
+        + "".join(f"<p><strong>{html.escape(note)}</strong></p>" for note in notes)
+    )
 
 
 def render_compare(report: dict[str, Any], config: CompareConfig) -> str:
@@ -325,7 +389,7 @@ def render_compare(report: dict[str, Any], config: CompareConfig) -> str:
         f"<h1>{html.escape(title)}</h1>"
         f"<p>Seeds {config.seeds}; mean ± standard deviation over seeds. Accuracy, margin and NLL "
         f"are held-out and depend on the policy alone (per-token log-probs).</p>"
-        f"<h2>Compute and final quality</h2>{_html_table(table(report))}"
+        f"<h2>Compute and final quality</h2>{_html_table(table(report))}{_judged_note(report)}"
         f"<h2>Quality at matched compute</h2><p>accuracy / margin / chosen NLL</p>"
         f"{_html_table(matched_table(report))}"
         f'<h2>Quality vs compute</h2><div class="charts">{charts}</div>'

@@ -8,9 +8,12 @@ from click.testing import CliRunner
 
 from orpo_pipeline.cli import cli
 from orpo_pipeline.errors import ConfigError
+from orpo_pipeline.evaluation.config import EvalConfig
+from orpo_pipeline.formats.generate import model_sha256
 from orpo_pipeline.runs import load_manifest
 from orpo_pipeline.train.compare import CompareConfig, at_flops, run_compare, summarise
 from orpo_pipeline.train.recipe import RecipeConfig, diff_chains, run_recipe
+from tests.rlaif.conftest import JUDGE_PROMPT
 
 
 @pytest.fixture
@@ -129,6 +132,7 @@ def test_compare_runs_every_arm_and_writes_the_report(base, tmp_path, isolate):
         matched_points=2,
         num_samples=1,
         max_new_tokens=3,
+        evaluation=evaluation(base, tmp_path),
     )
     out = run_compare(config, echo=lambda line: None)
     report = json.loads((out / "compare.json").read_text())
@@ -149,3 +153,30 @@ def test_compare_runs_every_arm_and_writes_the_report(base, tmp_path, isolate):
     page = (out / "report.html").read_text()
     assert "Quality at matched compute" in page and page.count("<figure") == 3
     assert "<script" not in page
+    # Every arm's final model is judged against the compare's start model, not its stage's start
+    # (SFT's final/ for the DPO stage); the start model's answers are generated once.
+    start = {r[0]["baseline_sha256"] for r in report["runs"].values()}
+    assert start == {model_sha256(base["model"])}
+    for arm, summary in arms.items():
+        [result] = report["runs"][arm]
+        judged = summary["evaluation"]
+        assert judged["win_rate"]["mean"] == result["evaluation"]["win_rate"]
+        assert 0 <= judged["win_rate"]["mean"] <= 1
+        wins, ties, losses = (result["evaluation"][k] for k in ("wins", "ties", "losses"))
+        assert wins + ties + losses == 3
+    assert "win rate vs start" in page and "judged in both orders" in page
+
+
+def evaluation(base, tmp_path) -> EvalConfig:
+    """A small evaluation judged by the tiny start model itself."""
+    prompt_file = tmp_path / "judge_prompt.txt"
+    prompt_file.write_text(JUDGE_PROMPT)
+    return EvalConfig(
+        num_heldout_prompts=2,
+        benchmarks={"alpaca_eval": 1},
+        num_ifeval_prompts=1,
+        max_new_tokens=3,
+        ifeval_max_new_tokens=3,
+        num_bootstrap=100,
+        judge={"model": base["model"], "prompt_file": prompt_file},
+    )
