@@ -278,6 +278,30 @@ def visited_pairs(
     return list(seen.values()), list(seen)
 
 
+def reference_pairs(
+    feed: Feed,
+    eval_feed: Feed | None,
+    batches: Iterable[Sequence[int]],
+    *,
+    eval_batch_size: int,
+    world: int,
+) -> dict[str, tuple[list[TokenizedPair], list[Hashable]]]:
+    """What a precomputed reference scores: the pairs the training `batches` forward, and those
+    every process's evaluation batches forward (KTO's KL completions depend on the batches)."""
+    splits = {"train": visited_pairs(feed, batches)}
+    if eval_feed is not None:
+        sizes = eval_feed.sizes
+        splits["eval"] = visited_pairs(
+            eval_feed,
+            (
+                batch
+                for rank in range(world)
+                for batch in eval_batches(sizes, batch_size=eval_batch_size, rank=rank, world=world)
+            ),
+        )
+    return splits
+
+
 def precompute_reference(
     run: Run, splits: dict[str, tuple[list[TokenizedPair], list[Hashable]]], pad_token_id: int
 ) -> PrecomputedReference:
@@ -517,20 +541,13 @@ def train(config: TrainConfig) -> TrainResult:
     reference: Reference | None = None
     reference_tokens = 0  # forwarded through the reference model up front, for the FLOP count
     if objective.needs_reference and config.reference == "precomputed":
-        batches = (batch for step in range(total_steps) for batch in plan(step))
-        splits = {"train": visited_pairs(feed, batches)}
-        if eval_split.pairs:
-            eval_feed = eval_split.feed(objective, train=False)
-            sizes, world = eval_feed.sizes, accelerator.num_processes
-            size = config.per_device_eval_batch_size
-            splits["eval"] = visited_pairs(
-                eval_feed,
-                (
-                    batch
-                    for rank in range(world)
-                    for batch in eval_batches(sizes, batch_size=size, rank=rank, world=world)
-                ),
-            )
+        splits = reference_pairs(
+            feed,
+            eval_split.feed(objective, train=False) if eval_split.pairs else None,
+            (batch for step in range(total_steps) for batch in plan(step)),
+            eval_batch_size=config.per_device_eval_batch_size,
+            world=accelerator.num_processes,
+        )
         reference = precompute_reference(run, splits, tokenizer.pad_token_id)
         reference_tokens = sum(pair.num_tokens for pair in splits["train"][0])
 
