@@ -434,6 +434,13 @@ def evaluator(
     """A function that evaluates at a step (logging the FLOPs so far) and writes samples."""
     config, accelerator = run.config, run.accelerator
     feed = eval_split.feed(objective, train=False)
+    # Samples answer the first prompts, each once (unpaired pairs hold every prompt twice).
+    first: dict[tuple[int, ...], int] = {}
+    for index, pair in enumerate(eval_split.pairs):
+        if len(first) == config.num_sample_generations:
+            break
+        first.setdefault(tuple(pair.prompt_ids), index)
+    sampled = list(first.values())
 
     def run_eval(step: int, flops: float) -> None:
         if not eval_split.pairs:
@@ -450,13 +457,12 @@ def evaluator(
         )
         run.log({"step": step, "flops": flops, **metrics})
         logger.info("step %d: %s", step, metrics)
-        count = config.num_sample_generations
-        if run.is_main and count:
+        if run.is_main and sampled:
             samples = generate_samples(
                 accelerator.unwrap_model(policy).model,
                 tokenizer,
-                eval_split.pairs[:count],
-                [eval_split.rows[i] for i in eval_split.tokenized.rows[:count]],
+                [eval_split.pairs[i] for i in sampled],
+                [eval_split.rows[eval_split.tokenized.rows[i]] for i in sampled],
                 max_new_tokens=config.max_new_tokens,
             )
             run.write_samples(step, samples)

@@ -166,7 +166,9 @@ def test_two_cpu_processes_equal_one_process_with_doubled_accumulation(
 
 def test_kto_reference_precomputed_equals_a_frozen_model_and_starts_at_one_half(make_config):
     settings = {"objective": "kto", "max_steps": 3, "eval_every_steps": 2, "beta": 0.5}
-    frozen = train(make_config(reference="model", **settings))
+    frozen = train(make_config(reference="model", num_sample_generations=2, **settings))
+    samples = (frozen.run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()
+    assert len({json.dumps(json.loads(s)["prompt"]) for s in samples}) == 2  # not one twice
     precomputed = train(make_config(**settings))
     assert_same_metrics(frozen.run_dir, precomputed.run_dir, rel=2e-5, ignore={"flops"})
     assert (precomputed.run_dir / "reference.json").is_file()
