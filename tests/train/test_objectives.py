@@ -139,7 +139,9 @@ def test_resume_after_kill_9_ends_bit_identical(make_config, tmp_path, objective
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo"])
+@pytest.mark.parametrize(  # kto too: each process estimates KL on its own micro-batches
+    "objective", ["sft", "dpo", pytest.param("kto", marks=pytest.mark.slow)]
+)
 def test_two_cpu_processes_equal_one_process_with_doubled_accumulation(
     make_config, tmp_path, objective
 ):
