@@ -60,7 +60,8 @@ class JudgeConfig(StageConfig):
     """implicit_reward: the scale of the log-ratio."""
     prompt_file: Path | None = None
     """llm_judge: the judge prompt, with {conversation}, {response_a} and {response_b};
-    null: the shipped one (`orpo_pipeline/resources/judge_prompt.txt`)."""
+    null: the shipped one (`orpo_pipeline/resources/judge_prompt.txt`, which the repository's
+    `pipelines/judge_prompt.txt` links to)."""
     endpoint: str | None = None
     """llm_judge: base URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1);
     None runs `model` in-process."""

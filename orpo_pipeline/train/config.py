@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from orpo_pipeline.evaluation.config import EvalAfter
 
 Tracker = Literal["jsonl", "tensorboard", "mlflow"]
-ObjectiveName = Literal["orpo", "sft", "dpo", "simpo", "cpo"]
+ObjectiveName = Literal["orpo", "sft", "dpo", "simpo", "cpo", "kto"]
 
 
 class Settings(BaseModel):
@@ -42,17 +42,18 @@ class TrainConfig(Settings):
     chat_template: str | None = None
     """Jinja chat template replacing the tokenizer's own."""
     train_pairs: Path
-    """Canonical pairs to train on (.parquet or .jsonl)."""
+    """Canonical pairs to train on (.parquet or .jsonl); sft also takes SFT records and kto
+    labelled completions (`prompt`, `completion`, `label`), see the README."""
     eval_pairs: Path | None = None
-    """Canonical held-out pairs (.parquet or .jsonl); without them there is no evaluation."""
+    """Held-out data of the same kind; without it there is no evaluation."""
     output_dir: Path = Path("runs/train")
     """Where run directories are created."""
 
     objective: ObjectiveName = "orpo"
-    """The loss: orpo, sft (NLL on the chosen answers), dpo, simpo or cpo (see the README table)."""
+    """The loss: orpo, sft (NLL on the chosen answers), dpo, simpo, cpo or kto (see the README)."""
     beta: float = Field(default=0.1, ge=0)
     """β of the objective. ORPO: weight of the odds-ratio term (λ in the paper, `alpha` in
-    xfactlab/orpo); DPO, CPO, SimPO: the reward scale (τ for IPO). Unused by sft."""
+    xfactlab/orpo); DPO, CPO, SimPO, KTO: the reward scale (τ for IPO). Unused by sft."""
     nll_on_prompt: bool | None = None
     """NLL over prompt and response (True) or response tokens only (False); null: the objective's
     TRL default, True for orpo (as the paper's code) and False for the others."""
@@ -64,12 +65,17 @@ class TrainConfig(Settings):
     """cpo and simpo: weight of the chosen NLL (the BC regulariser; SimPO's paper uses 0)."""
     simpo_gamma: float = 0.5
     """simpo: target reward margin γ (TRL's `simpo_gamma`)."""
+    desirable_weight: float = Field(default=1.0, gt=0)
+    """kto: weight of the desirable examples' losses (λ_D in the paper)."""
+    undesirable_weight: float = Field(default=1.0, gt=0)
+    """kto: weight of the undesirable examples' losses (λ_U); with unequal counts, the paper
+    advises λ_D·n_D / (λ_U·n_U) in [1, 4/3]."""
     reference: Literal["precomputed", "model", "lora_disabled"] = "precomputed"
-    """dpo: reference log-probs computed once before training and cached by content hash
+    """dpo and kto: reference log-probs computed once before training and cached by content hash
     (precomputed; one model in memory), a frozen second model (model), or the policy with its
     LoRA adapters switched off (lora_disabled)."""
     reference_model: str | None = None
-    """dpo: the reference model, as `model` accepts; null: the starting model itself."""
+    """dpo and kto: the reference model, as `model` accepts; null: the starting model itself."""
     share_prompt: bool = True
     """Prompt computed once per pair (block mask, LM head on scored tokens); false: TRL's layout."""
     max_length: int = Field(default=1024, ge=2)
@@ -160,6 +166,21 @@ class TrainConfig(Settings):
             raise ValueError(msg)
         if self.reference_model is not None and self.reference == "lora_disabled":
             msg = "reference_model cannot be used with reference: lora_disabled (the base is it)"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _kto_batches_fit(self) -> "TrainConfig":
+        if self.objective != "kto":
+            return self
+        if self.per_device_batch_size < 2:
+            msg = (
+                "objective kto needs per_device_batch_size >= 2: its KL estimate pairs each "
+                "prompt with the completion of another example of the micro-batch"
+            )
+            raise ValueError(msg)
+        if self.micro_batch_tokens is not None:
+            msg = "objective kto needs micro-batches of per_device_batch_size examples, not tokens"
             raise ValueError(msg)
         return self
 

@@ -1,21 +1,30 @@
-"""Pairs to token ids with the chat template, rejects with reasons, and the batch collator."""
+"""Training data to token ids with the chat template, rejects with reasons, and the collator.
+
+An objective trains on one kind of data (`DataKind`): preference pairs, completions (SFT) or
+labelled completions (KTO). Pair files feed all three; SFT records and labelled rows feed the
+objectives that take them.
+"""
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import polars as pl
 import torch
 
 from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.io import FRAME_SUFFIXES, scan_frame
+from orpo_pipeline.records import pair_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 COLUMNS = ("id", "prompt", "chosen", "rejected")
+DataKind = Literal["pairs", "completions", "labelled"]
+"""What an objective trains on: preference pairs; completions (a pair's chosen answer, or an SFT
+record's answer); or completions labelled desirable or undesirable (KTO)."""
 
 
 def read_pairs(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -36,6 +45,83 @@ def read_pairs(path: Path, *, limit: int | None = None) -> list[dict[str, Any]]:
     except pl.exceptions.PolarsError as error:
         msg = f"cannot read pairs from {path}: {error}"
         raise DataError(msg) from error
+
+
+def read_examples(path: Path, data: DataKind, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of `path` an objective of kind `data` trains on, in file order.
+
+    A pair file feeds every kind: as it is, or for `labelled` unpaired as TRL's
+    `unpair_preference_dataset` does (each pair's chosen answer desirable, its rejected answer
+    undesirable). Other files hold one answer per row, read as `id`, `prompt`, `completion` and
+    `label`: SFT records (`messages` ending with the answer, or `prompt` + `completion`) for
+    `completions`, and rows with a boolean `label` (TRL's unpaired `prompt`, `completion`,
+    `label`, or LLaMA-Factory's `messages` + `label`) for `labelled`. `limit` counts rows.
+    """
+    if path.suffix in FRAME_SUFFIXES and path.exists():
+        try:
+            columns = set(scan_frame(path).collect_schema())
+        except pl.exceptions.PolarsError as error:
+            msg = f"cannot read {path}: {error}"
+            raise DataError(msg) from error
+    else:
+        columns = set(COLUMNS)  # read_pairs says what is wrong with the path
+    if {"chosen", "rejected"} <= columns:
+        rows = read_pairs(path, limit=limit)
+        return [row for pair in rows for row in _unpair(pair)] if data == "labelled" else rows
+    if data == "pairs" or (data == "labelled" and "label" not in columns):
+        needs = "`chosen` and `rejected`" if data == "pairs" else "a boolean `label`"
+        msg = f"{path}: no columns {needs}; this objective trains on {data} (see the README)"
+        raise DataError(msg)
+    if data == "completions" and "label" in columns:
+        msg = f"{path}: labelled rows train objective kto; sft would learn the undesirable answers"
+        raise DataError(msg)
+    from orpo_pipeline.formats.readers import BadRow, BlankLine, position_unit, read_rows
+
+    rows = []
+    for item in read_rows(path):  # row by row: exact JSON types, and where each row is
+        if isinstance(item, BadRow):
+            msg = f"{path}: {position_unit(path)} {item.line}: {item.reason}: {item.detail}"
+            raise DataError(msg)
+        if not isinstance(item, BlankLine):
+            where = f"{path}: {position_unit(path)} {item.line}"
+            rows.append(_completion_row(item.value, where, labelled=data == "labelled"))
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def _unpair(pair: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"id": pair["id"], "prompt": pair["prompt"], "completion": pair[key], "label": label}
+        for key, label in (("chosen", True), ("rejected", False))
+    ]
+
+
+def _completion_row(row: dict[str, Any], where: str, *, labelled: bool) -> dict[str, Any]:
+    """One SFT record or labelled row as `id`, `prompt`, `completion` (one message), `label`."""
+    from orpo_pipeline.formats.options import ConvertOptions
+    from orpo_pipeline.formats.rows import RowError
+    from orpo_pipeline.formats.sft import parse_kto, parse_openai_messages, parse_prompt_completion
+
+    options = ConvertOptions()
+    try:
+        if labelled:
+            unpaired = parse_kto(row, options)[0]
+            prompt, answer, label = unpaired.prompt, unpaired.answer, unpaired.desirable
+        else:
+            parse = parse_openai_messages if "messages" in row else parse_prompt_completion
+            conversation = [m.model_dump() for m in parse(row, options)[0].messages]
+            prompt, answer, label = conversation[:-1], conversation[-1]["content"], None
+    except RowError as error:
+        msg = f"{where}: {error}"
+        raise DataError(msg) from error
+    completion = [{"role": "assistant", "content": answer}]
+    return {
+        "id": pair_id(prompt, completion, []),
+        "prompt": prompt,
+        "completion": completion,
+        "label": label,
+    }
 
 
 @dataclass(frozen=True)
@@ -105,17 +191,20 @@ def tokenize_pairs(
     *,
     max_length: int,
     max_prompt_length: int,
+    answers: tuple[str, ...] = ("chosen", "rejected"),
 ) -> TokenizedPairs:
-    """Tokenize conversational pairs; truncate; reject pairs that cannot train.
+    """Tokenize conversational rows; truncate; reject rows that cannot train.
 
-    The prompt is rendered with `add_generation_prompt=True` and each response is the text the
-    template adds after it; the three are tokenized separately (batched, no special tokens) and
-    concatenated, so the prompt boundary is exact. Each response ends with exactly one EOS (the
+    `answers` names the rows' answer fields: a pair's `chosen` and `rejected`, or one
+    `completion` (kept as the chosen answer, with no rejected one).
+    The prompt is rendered with `add_generation_prompt=True` and each answer is the text the
+    template adds after it; they are tokenized separately (batched, no special tokens) and
+    concatenated, so the prompt boundary is exact. Each answer ends with exactly one EOS (the
     tokenizer's `eos_token`, the end-of-turn token of chat models). BOS is prepended only when the
     tokenizer adds one by itself and the template did not render it.
 
-    Prompts longer than `max_prompt_length` lose their oldest tokens (BOS is kept); responses are
-    cut to fit `max_length` (a cut response has no EOS). Rejected: `no_room_for_response` (the
+    Prompts longer than `max_prompt_length` lose their oldest tokens (BOS is kept); answers are
+    cut to fit `max_length` (a cut answer has no EOS). Rejected: `no_room_for_response` (the
     prompt fills `max_length`) and `chosen_equals_rejected` (identical ids after the cut).
     """
     eos = tokenizer.eos_token_id
@@ -127,16 +216,15 @@ def tokenize_pairs(
     prompt_texts = tokenizer.apply_chat_template(
         [row["prompt"] for row in rows], tokenize=False, add_generation_prompt=True
     )
-    chosen_texts = _render_responses(tokenizer, rows, prompt_texts, "chosen")
-    rejected_texts = _render_responses(tokenizer, rows, prompt_texts, "rejected")
 
     def encode(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
+    answer_ids = [encode(_render_responses(tokenizer, rows, prompt_texts, key)) for key in answers]
     pairs, kept, rejects = [], [], Counter()
     prompts_cut = responses_cut = 0
-    for index, (prompt, chosen, rejected) in enumerate(
-        zip(encode(prompt_texts), encode(chosen_texts), encode(rejected_texts), strict=True)
+    for index, (prompt, *responses) in enumerate(
+        zip(encode(prompt_texts), *answer_ids, strict=True)
     ):
         if adds_bos and prompt[:1] != [bos]:
             prompt = [bos, *prompt]
@@ -148,15 +236,56 @@ def tokenize_pairs(
         if room < 1:
             rejects["no_room_for_response"] += 1
             continue
-        chosen, rejected = _end_at_eos(chosen, eos), _end_at_eos(rejected, eos)
-        responses_cut += len(chosen) > room or len(rejected) > room
-        chosen, rejected = chosen[:room], rejected[:room]
+        responses = [_end_at_eos(response, eos) for response in responses]
+        responses_cut += any(len(response) > room for response in responses)
+        chosen, rejected = (*(response[:room] for response in responses), [])[:2]
         if chosen == rejected:
             rejects["chosen_equals_rejected"] += 1
             continue
         pairs.append(TokenizedPair(prompt, chosen, rejected))
         kept.append(index)
     return TokenizedPairs(pairs, kept, dict(rejects), prompts_cut, responses_cut)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """An objective's tokenized examples, and how a micro-batch of them is forwarded.
+
+    Without `kl`, a micro-batch is its pairs (or completions, with no rejected answer). With
+    `kl` (KTO), example i is forwarded as the pair (prompt_i, completion_i, completion_j): its
+    own completion, and as its mismatched KL completion that of the example before it in the
+    micro-batch (the last one's for the first). This is TRL's rotation,
+    (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}), so the KL completions are the batch's own.
+    """
+
+    pairs: Sequence[TokenizedPair]
+    labels: Sequence[bool] | None = None
+    """Per example: desirable (True) or undesirable (False); None for pairs and SFT records."""
+    kl: bool = False
+
+    @property
+    def sizes(self) -> list[int]:
+        """Tokens each example puts through the model (its share of the KL completions too)."""
+        return [p.num_tokens + (len(p.chosen_ids) if self.kl else 0) for p in self.pairs]
+
+    def arrange(self, indices: Sequence[int]) -> tuple[list[TokenizedPair], list[Hashable]]:
+        """The pairs a micro-batch of `indices` forwards, and a key naming each of them."""
+        if not self.kl:
+            return [self.pairs[i] for i in indices], list(indices)
+        partners = [indices[-1], *indices[:-1]]
+        pairs = [
+            TokenizedPair(
+                self.pairs[i].prompt_ids, self.pairs[i].chosen_ids, self.pairs[j].chosen_ids
+            )
+            for i, j in zip(indices, partners, strict=True)
+        ]
+        return pairs, list(zip(indices, partners, strict=True))
+
+    def label_tensor(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """(B,) bool labels of the examples at `indices`, on the host; None without labels."""
+        if self.labels is None:
+            return None
+        return torch.tensor([self.labels[i] for i in indices], dtype=torch.bool)
 
 
 @dataclass(frozen=True)

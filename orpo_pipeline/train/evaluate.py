@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from orpo_pipeline.train.data import TokenizedPair
+from orpo_pipeline.train.data import Feed, TokenizedPair
 from orpo_pipeline.train.objective import LossBatch
 from orpo_pipeline.train.policy import Collate
 
@@ -17,10 +17,18 @@ if TYPE_CHECKING:
     from orpo_pipeline.train.reference import Reference
 
 
+def eval_batches(
+    sizes: Sequence[int], *, batch_size: int, rank: int, world: int
+) -> list[list[int]]:
+    """Process `rank`'s evaluation batches: its shard of the examples, by length (less padding)."""
+    shard = sorted(range(rank, len(sizes), world), key=lambda i: sizes[i])
+    return [shard[start : start + batch_size] for start in range(0, len(shard), batch_size)]
+
+
 @torch.no_grad()
 def evaluate(
     policy: torch.nn.Module,
-    pairs: Sequence[TokenizedPair],
+    feed: Feed,
     *,
     collate: Collate,
     accelerator: "Accelerator",
@@ -29,7 +37,7 @@ def evaluate(
     nll_on_prompt: bool,
     batch_size: int,
 ) -> dict[str, float]:
-    """The objective's metrics over all `pairs` (sharded across processes), prefixed `eval_`.
+    """The objective's metrics over all of `feed` (sharded across processes), prefixed `eval_`.
 
     Besides the objective's own (TRL's names: `eval_rewards/accuracies`, `eval_nll_loss`, ...),
     every objective reports `eval_chosen_nll`, `eval_logp_accuracy` and `eval_logp_margin`,
@@ -37,16 +45,19 @@ def evaluate(
     """
     policy.eval()
     sums = torch.zeros(len(objective.sum_names), device=accelerator.device)
-    shard = sorted(  # similar lengths share a batch: less padding, same sums
-        range(accelerator.process_index, len(pairs), accelerator.num_processes),
-        key=lambda i: pairs[i].num_tokens,
-    )
-    for start in range(0, len(shard), batch_size):
-        indices = shard[start : start + batch_size]
-        batch = collate([pairs[i] for i in indices]).to(accelerator.device)
+    for indices in eval_batches(
+        feed.sizes,
+        batch_size=batch_size,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    ):
+        pairs, keys = feed.arrange(indices)
+        batch = collate(pairs).to(accelerator.device)
+        labels = feed.label_tensor(indices)
+        labels = labels.to(accelerator.device) if labels is not None else None
         logps = policy(batch, nll_on_prompt=nll_on_prompt)
-        ref = reference(batch, indices, "eval") if objective.needs_reference else None
-        sums += objective.loss(logps, LossBatch.alone(logps, ref)).sums
+        ref = reference(batch, keys, "eval") if objective.needs_reference else None
+        sums += objective.loss(logps, LossBatch.alone(logps, ref, labels)).sums
     policy.train()
     return objective.metrics(accelerator.reduce(sums).tolist(), prefix="eval_")
 
@@ -60,7 +71,8 @@ def generate_samples(
     *,
     max_new_tokens: int,
 ) -> list[dict[str, Any]]:
-    """Greedy answers to the prompts of `pairs`, next to the chosen answer of each row."""
+    """Greedy answers to the prompts of `pairs`, next to the chosen answer (or the completion)
+    of each row."""
     model.eval()
     samples = []
     device = next(model.parameters()).device
@@ -80,7 +92,7 @@ def generate_samples(
                 "id": row["id"],
                 "prompt": row["prompt"],
                 "completion": answer,
-                "chosen": row["chosen"][-1]["content"],
+                "chosen": row["chosen" if "chosen" in row else "completion"][-1]["content"],
             }
         )
     model.train()

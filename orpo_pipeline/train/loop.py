@@ -6,7 +6,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,18 @@ from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
 from orpo_pipeline.runs import describe_inputs
 from orpo_pipeline.train.config import LoraConfig, TrainConfig
 from orpo_pipeline.train.data import (
+    Feed,
     TokenizedPair,
     TokenizedPairs,
     prefetch_to_device,
-    read_pairs,
+    read_examples,
     token_budget_batches,
     tokenize_pairs,
 )
-from orpo_pipeline.train.evaluate import evaluate, generate_samples
+from orpo_pipeline.train.evaluate import eval_batches, evaluate, generate_samples
 from orpo_pipeline.train.memory import return_freed_memory
 from orpo_pipeline.train.objective import LossBatch, Objective
-from orpo_pipeline.train.objectives import build_objective
+from orpo_pipeline.train.objectives import OBJECTIVES, build_objective
 from orpo_pipeline.train.policy import Collate, build_policy
 from orpo_pipeline.train.reference import (
     AdapterOffReference,
@@ -178,8 +179,19 @@ class Split:
 
     @property
     def pairs(self) -> list[TokenizedPair]:
-        """The kept pairs."""
+        """The kept pairs (or completions, with no rejected answer)."""
         return self.tokenized.pairs
+
+    def feed(self, objective: Objective, *, train: bool) -> Feed:
+        """The split as `objective` forwards it: for completions, training drops the rejected
+        answers of pairs (evaluation keeps them for the policy-only accuracy and margin)."""
+        pairs = self.pairs
+        if objective.data == "completions" and train:
+            pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, []) for p in pairs]
+        labels = None
+        if objective.data == "labelled":
+            labels = [self.rows[i]["label"] for i in self.tokenized.rows]
+        return Feed(pairs, labels, kl=objective.data == "labelled")
 
     def report(self) -> dict[str, Any]:
         """Rows, kept pairs, rejects and truncations, for `data.json` and the manifest."""
@@ -193,10 +205,15 @@ class Split:
 
 
 def load_split(path: Path, tokenizer: Any, config: TrainConfig, *, limit: int | None = None):
-    """Read and tokenize a pair file; a file where no pair can train is a `DataError`."""
-    rows = read_pairs(path, limit=limit)
+    """Read and tokenize the data the objective trains on (`data.read_examples`); a file where
+    nothing can train is a `DataError`."""
+    rows = read_examples(path, OBJECTIVES[config.objective].data, limit=limit)
     tokenized = tokenize_pairs(
-        rows, tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+        rows,
+        tokenizer,
+        max_length=config.max_length,
+        max_prompt_length=config.max_prompt_length,
+        answers=("chosen", "rejected") if rows and "rejected" in rows[0] else ("completion",),
     )
     if not tokenized.pairs:
         msg = f"{path}: none of {len(rows)} pairs can train (rejected: {tokenized.rejects})"
@@ -250,14 +267,50 @@ def lr_factor(step: int, *, shape: str, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def precompute_reference(
-    run: Run, splits: dict[str, tuple[list[TokenizedPair], list[int]]], pad_token_id: int
-) -> PrecomputedReference:
-    """Reference log-probs of the pairs each split will use, cached by content hash.
+def visited_pairs(
+    feed: Feed, batches: Iterable[Sequence[int]]
+) -> tuple[list[TokenizedPair], list[Hashable]]:
+    """The distinct pairs `batches` forward, in the order first seen, and their keys."""
+    seen: dict[Hashable, TokenizedPair] = {}
+    for indices in batches:
+        for pair, key in zip(*feed.arrange(indices), strict=True):
+            seen.setdefault(key, pair)
+    return list(seen.values()), list(seen)
 
-    `splits` maps a split to its pairs and the indices of those the run visits (a run of a few
-    steps over a large file needs only those). The reference model is loaded only when a table
-    is not cached, and freed before training loads the policy, so training holds one model.
+
+def reference_pairs(
+    feed: Feed,
+    eval_feed: Feed | None,
+    batches: Iterable[Sequence[int]],
+    *,
+    eval_batch_size: int,
+    world: int,
+) -> dict[str, tuple[list[TokenizedPair], list[Hashable]]]:
+    """What a precomputed reference scores: the pairs the training `batches` forward, and those
+    every process's evaluation batches forward (KTO's KL completions depend on the batches)."""
+    splits = {"train": visited_pairs(feed, batches)}
+    if eval_feed is not None:
+        sizes = eval_feed.sizes
+        splits["eval"] = visited_pairs(
+            eval_feed,
+            (
+                batch
+                for rank in range(world)
+                for batch in eval_batches(sizes, batch_size=eval_batch_size, rank=rank, world=world)
+            ),
+        )
+    return splits
+
+
+def precompute_reference(
+    run: Run, splits: dict[str, tuple[list[TokenizedPair], list[Hashable]]], pad_token_id: int
+) -> PrecomputedReference:
+    """Reference log-probs of the pairs each split will forward, cached by content hash.
+
+    `splits` maps a split to the pairs the run forwards and their keys (`visited_pairs`: a run
+    of a few steps over a large file needs only those). The reference model is loaded only
+    when a table is not cached, and freed before training loads the policy, so training holds
+    one model.
     The main process computes and writes the cache; the others then read it.
     """
     config, accelerator = run.config, run.accelerator
@@ -296,17 +349,17 @@ def precompute_reference(
 
     tables, cached = {}, {}
     with accelerator.main_process_first():
-        for split, (pairs, visited) in splits.items():
-            used = [pairs[i] for i in visited]
-            key = table_key(files, used, layout)
-            table, cached[split] = cached_table(
-                cache_root() / "reference_logps" / f"{key}.safetensors", compute(used)
+        for split, (pairs, _) in splits.items():
+            key = table_key(files, pairs, layout)
+            tables[split], cached[split] = cached_table(
+                cache_root() / "reference_logps" / f"{key}.safetensors", compute(pairs)
             )
-            tables[split] = torch.full((len(pairs), table.shape[1]), torch.nan, dtype=table.dtype)
-            tables[split][visited] = table
     loaded.clear()
     run.write_json("reference.json", {"model": name, "layout": layout, "cached": cached})
-    return PrecomputedReference(tables)
+    rows = {
+        split: {key: row for row, key in enumerate(keys)} for split, (_, keys) in splits.items()
+    }
+    return PrecomputedReference(tables, rows)
 
 
 def build_reference(run: Run, policy: Any, tokenizer: Any) -> Reference:
@@ -380,13 +433,21 @@ def evaluator(
 ) -> Callable[[int, float], None]:
     """A function that evaluates at a step (logging the FLOPs so far) and writes samples."""
     config, accelerator = run.config, run.accelerator
+    feed = eval_split.feed(objective, train=False)
+    # Samples answer the first prompts, each once (unpaired pairs hold every prompt twice).
+    first: dict[tuple[int, ...], int] = {}
+    for index, pair in enumerate(eval_split.pairs):
+        if len(first) == config.num_sample_generations:
+            break
+        first.setdefault(tuple(pair.prompt_ids), index)
+    sampled = list(first.values())
 
     def run_eval(step: int, flops: float) -> None:
         if not eval_split.pairs:
             return
         metrics = evaluate(
             policy,
-            eval_split.pairs,
+            feed,
             collate=collate,
             accelerator=accelerator,
             objective=objective,
@@ -396,13 +457,12 @@ def evaluator(
         )
         run.log({"step": step, "flops": flops, **metrics})
         logger.info("step %d: %s", step, metrics)
-        count = config.num_sample_generations
-        if run.is_main and count:
+        if run.is_main and sampled:
             samples = generate_samples(
                 accelerator.unwrap_model(policy).model,
                 tokenizer,
-                eval_split.pairs[:count],
-                [eval_split.rows[i] for i in eval_split.tokenized.rows[:count]],
+                [eval_split.pairs[i] for i in sampled],
+                [eval_split.rows[eval_split.tokenized.rows[i]] for i in sampled],
                 max_new_tokens=config.max_new_tokens,
             )
             run.write_samples(step, samples)
@@ -474,11 +534,9 @@ def train(config: TrainConfig) -> TrainResult:
     tokenizer = load_tokenizer(config.model, chat_template=config.chat_template)
     run.record_inputs(tokenizer.chat_template)
     train_split, eval_split, data_report = load_splits(run, tokenizer)
-    train_pairs = train_split.pairs
-    if not objective.uses_rejected:  # e.g. sft: the rejected answers are never forwarded
-        train_pairs = [TokenizedPair(p.prompt_ids, p.chosen_ids, []) for p in train_pairs]
+    feed = train_split.feed(objective, train=True)
     plan = StepPlan(
-        [pair.num_tokens for pair in train_pairs],
+        feed.sizes,
         seed=config.seed,
         batches_per_step=config.gradient_accumulation_steps * accelerator.num_processes,
         micro_batch=config.per_device_batch_size,
@@ -489,12 +547,15 @@ def train(config: TrainConfig) -> TrainResult:
     reference: Reference | None = None
     reference_tokens = 0  # forwarded through the reference model up front, for the FLOP count
     if objective.needs_reference and config.reference == "precomputed":
-        visited = sorted({i for s in range(total_steps) for batch in plan(s) for i in batch})
-        splits = {"train": (train_split.pairs, visited)}
-        if eval_split.pairs:
-            splits["eval"] = (eval_split.pairs, list(range(len(eval_split.pairs))))
+        splits = reference_pairs(
+            feed,
+            eval_split.feed(objective, train=False) if eval_split.pairs else None,
+            (batch for step in range(total_steps) for batch in plan(step)),
+            eval_batch_size=config.per_device_eval_batch_size,
+            world=accelerator.num_processes,
+        )
         reference = precompute_reference(run, splits, tokenizer.pad_token_id)
-        reference_tokens = sum(train_split.pairs[i].num_tokens for i in visited)
+        reference_tokens = sum(pair.num_tokens for pair in splits["train"][0])
 
     policy, collate, num_parameters = build_model(config, tokenizer, accelerator.device.type)
     optimizer, scheduler = build_optimizer(policy, config, total_steps)
@@ -515,7 +576,7 @@ def train(config: TrainConfig) -> TrainResult:
         scheduler,
         objective=objective,
         reference=reference,
-        pairs=train_pairs,
+        feed=feed,
         collate=collate,
         plan=plan,
         steps=range(start_step, total_steps),
@@ -616,18 +677,17 @@ class Meter:
 
 
 def step_windows(
-    plan: StepPlan,
-    steps: range,
-    pairs: Sequence[TokenizedPair],
-    collate: Collate,
-    *,
-    rank: int,
-    world: int,
-) -> Iterator[tuple[list[Any], list[list[int]]]]:
-    """Each step's collated micro-batches of this process, with every process's pair indices."""
+    plan: StepPlan, steps: range, feed: Feed, collate: Collate, *, rank: int, world: int
+) -> Iterator[tuple[list[tuple[Any, Any, list[Hashable]]], list[list[int]]]]:
+    """Each step's micro-batches of this process, collated with their labels and pair keys,
+    and every process's example indices."""
     for step in steps:
         batches = plan(step)
-        yield [collate([pairs[i] for i in batch]) for batch in batches[rank::world]], batches
+        window = []
+        for indices in batches[rank::world]:
+            pairs, keys = feed.arrange(indices)
+            window.append((collate(pairs), feed.label_tensor(indices), keys))
+        yield window, batches
 
 
 def fit(
@@ -638,7 +698,7 @@ def fit(
     *,
     objective: Objective,
     reference: Reference | None,
-    pairs: list[TokenizedPair],
+    feed: Feed,
     collate: Collate,
     plan: StepPlan,
     steps: range,
@@ -664,8 +724,9 @@ def fit(
         total=steps.stop, initial=steps.start, disable=not run.is_main, desc="train", unit="step"
     )
     windows = prefetch_to_device(
-        step_windows(plan, steps, pairs, collate, rank=rank, world=world), device
+        step_windows(plan, steps, feed, collate, rank=rank, world=world), device
     )
+    pairs = feed.pairs
     meter.restart()
     for step, (window, batches) in zip(steps, windows, strict=True):
         everyone = [i for batch in batches for i in batch]
@@ -674,11 +735,11 @@ def fit(
         nll_tokens = sum(pairs[i].nll_tokens(nll_on_prompt=nll_on_prompt) for i in everyone)
         scale = {"nll_tokens": nll_tokens / len(batches), "num_pairs": len(everyone) / len(batches)}
         learning_rate = scheduler.get_last_lr()[0]
-        for batch, indices in zip(window, batches[rank::world], strict=True):
+        for batch, labels, keys in window:
             with accelerator.accumulate(policy):
                 logps = policy(batch, nll_on_prompt=nll_on_prompt)
-                ref = reference(batch, indices, "train") if reference is not None else None
-                out = objective.loss(logps, LossBatch(**scale, reference=ref))
+                ref = reference(batch, keys, "train") if reference is not None else None
+                out = objective.loss(logps, LossBatch(**scale, reference=ref, labels=labels))
                 accelerator.backward(out.loss)  # divides by micro_steps itself: not again here
                 if accelerator.sync_gradients and max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)

@@ -9,6 +9,7 @@ from typing import ClassVar, NamedTuple, Protocol
 
 import torch
 
+from orpo_pipeline.train.data import DataKind
 from orpo_pipeline.train.loss import PairLogps
 
 POLICY_SUMS = (
@@ -57,11 +58,17 @@ class LossBatch(NamedTuple):
     nll_tokens: torch.Tensor | float  # normaliser of token-mean NLL terms
     num_pairs: torch.Tensor | float  # normaliser of per-pair means
     reference: PairLogps | None = None  # the reference model's log-probs of the same pairs
+    labels: torch.Tensor | None = None  # (B,) bool, desirable examples (labelled data only)
 
     @classmethod
-    def alone(cls, logps: PairLogps, reference: PairLogps | None = None) -> "LossBatch":
+    def alone(
+        cls,
+        logps: PairLogps,
+        reference: PairLogps | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> "LossBatch":
         """The normalisers of one batch on its own: TRL's loss of that batch."""
-        return cls(logps.nll_tokens, logps.chosen.shape[0], reference)
+        return cls(logps.nll_tokens, logps.chosen.shape[0], reference, labels)
 
 
 class ObjectiveOutput(NamedTuple):
@@ -76,8 +83,9 @@ class Objective(Protocol):
 
     needs_reference: ClassVar[bool]
     """Whether `loss` reads `batch.reference` (a reference model's log-probs)."""
-    uses_rejected: ClassVar[bool]
-    """False when rejected answers never enter the loss: training skips their forward pass."""
+    data: ClassVar[DataKind]
+    """What it trains on: pairs; completions (training never forwards a rejected answer); or
+    labelled completions, each micro-batch with its KL completions (`data.Feed`)."""
     sum_names: ClassVar[tuple[str, ...]]
     """Names of the entries of `ObjectiveOutput.sums`."""
     metric_names: ClassVar[tuple[str, ...]]

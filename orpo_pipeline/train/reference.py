@@ -1,13 +1,14 @@
-"""Reference-model log-probs for DPO: precomputed and cached, a frozen model, or LoRA switched off.
+"""Reference-model log-probs (DPO, KTO): precomputed and cached, a frozen model, or LoRA off.
 
-A reference is called with a batch, the indices of its pairs in their split, and the split's
-name, and returns the reference model's `PairLogps` of those pairs (no gradient).
+A reference is called with a batch, the keys of its pairs (`data.Feed.arrange`: a pair's index
+in its split, or KTO's (example, KL partner)), and the split's name, and returns the reference
+model's `PairLogps` of those pairs (no gradient).
 """
 
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from torch import nn
 from orpo_pipeline.train.data import TokenizedPair
 from orpo_pipeline.train.loss import PairLogps
 
-Reference = Callable[[Any, Sequence[int], str], PairLogps]
+Reference = Callable[[Any, Sequence[Hashable], str], PairLogps]
 COLUMNS = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
 """Per-pair columns of a precomputed table: mean log-probs and token counts of each answer."""
 
@@ -31,7 +32,7 @@ class FrozenReference:
     policy: nn.Module
 
     @torch.no_grad()
-    def __call__(self, batch: Any, indices: Sequence[int], split: str) -> PairLogps:
+    def __call__(self, batch: Any, keys: Sequence[Hashable], split: str) -> PairLogps:
         """The reference log-probs of `batch`."""
         return self.policy(batch, nll_on_prompt=False)
 
@@ -43,7 +44,7 @@ class AdapterOffReference:
     policy: nn.Module  # unwrapped: its `model` is a peft model
 
     @torch.no_grad()
-    def __call__(self, batch: Any, indices: Sequence[int], split: str) -> PairLogps:
+    def __call__(self, batch: Any, keys: Sequence[Hashable], split: str) -> PairLogps:
         """The base model's log-probs of `batch`."""
         with self.policy.model.disable_adapter():
             return self.policy(batch, nll_on_prompt=False)
@@ -51,13 +52,14 @@ class AdapterOffReference:
 
 @dataclass(frozen=True)
 class PrecomputedReference:
-    """Log-probs computed once per pair before training, looked up by split and index."""
+    """Log-probs computed once per pair before training, looked up by split and key."""
 
     tables: dict[str, torch.Tensor]  # split -> (pairs, len(COLUMNS)) float64
+    rows: dict[str, dict[Hashable, int]]  # split -> the table row of each pair's key
 
-    def __call__(self, batch: Any, indices: Sequence[int], split: str) -> PairLogps:
-        """The stored log-probs of the pairs at `indices`."""
-        rows = self.tables[split][list(indices)]  # (B, 4), on the host
+    def __call__(self, batch: Any, keys: Sequence[Hashable], split: str) -> PairLogps:
+        """The stored log-probs of the pairs with `keys`."""
+        rows = self.tables[split][[self.rows[split][key] for key in keys]]  # (B, 4), on the host
         device = batch.input_ids.device
         if device.type == "cuda":  # from page-locked memory: the host does not wait for the copy
             rows = rows.pin_memory().to(device, non_blocking=True)

@@ -13,8 +13,14 @@ from orpo_pipeline.formats.generate import chat_ids
 from orpo_pipeline.models import load_tokenizer
 from orpo_pipeline.records import PAIR_SCHEMA
 from orpo_pipeline.stages.binarize import BinarizeConfig, binarize
-from orpo_pipeline.stages.judge import JudgeConfig, build_judge, judge_frame
+from orpo_pipeline.stages.judge import (
+    SHIPPED_JUDGE_PROMPT,
+    JudgeConfig,
+    build_judge,
+    judge_frame,
+)
 from orpo_pipeline.stages.sample import RESPONSE
+from tests.conftest import REPO
 from tests.rlaif.conftest import JUDGE_PROMPT
 
 PROMPT = [{"role": "user", "content": "tell me a fact about honey"}]
@@ -186,3 +192,10 @@ def test_config_checks_name_the_field():
         JudgeConfig(judge="implicit_reward")
     with pytest.raises(ValueError, match="endpoint"):
         JudgeConfig(judge="reward_model", endpoint="http://127.0.0.1:1/v1")
+
+
+def test_the_default_judge_prompt_ships_in_the_package_and_pipelines_links_to_it():
+    assert JudgeConfig().prompt_path == SHIPPED_JUDGE_PROMPT
+    assert (REPO / "pipelines" / "judge_prompt.txt").resolve() == SHIPPED_JUDGE_PROMPT.resolve()
+    template = SHIPPED_JUDGE_PROMPT.read_text(encoding="utf-8")
+    assert all(f"{{{name}}}" in template for name in ("conversation", "response_a", "response_b"))

@@ -18,11 +18,10 @@ from orpo_pipeline import judges
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.generate import Sampling, chat_ids, decode
 from orpo_pipeline.models import load_model, load_tokenizer
-from orpo_pipeline.stages.judge import SHIPPED_JUDGE_PROMPT
 
 REPO = Path(__file__).resolve().parents[2]
 HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
-JUDGE_PROMPT = SHIPPED_JUDGE_PROMPT
+JUDGE_PROMPT = REPO / "pipelines" / "judge_prompt.txt"
 
 
 def free_port() -> int:

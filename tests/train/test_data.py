@@ -1,4 +1,5 @@
 import doctest
+import json
 from pathlib import Path
 
 import polars as pl
@@ -8,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orpo_pipeline.errors import DataError
 from orpo_pipeline.train import data
-from orpo_pipeline.train.data import PreferenceCollator, read_pairs, tokenize_pairs
+from orpo_pipeline.train.data import PreferenceCollator, read_examples, read_pairs, tokenize_pairs
 from orpo_pipeline.train.policy import build_policy
 from tests.train.conftest import make_pairs, write_pairs
 
@@ -150,3 +151,19 @@ def test_read_pairs_names_what_is_wrong(tmp_path: Path):
     path = write_pairs(make_pairs(3), tmp_path / "ok.parquet")
     pl.read_parquet(path).write_ndjson(tmp_path / "ok.jsonl")
     assert read_pairs(tmp_path / "ok.jsonl", limit=2) == read_pairs(path)[:2]
+
+
+def test_read_examples_unpairs_pairs_and_names_bad_rows(tmp_path: Path):
+    pairs = read_pairs(write_pairs(make_pairs(2), tmp_path / "pairs.parquet"))
+    unpaired = read_examples(tmp_path / "pairs.parquet", "labelled")
+    assert [(row["completion"], row["label"]) for row in unpaired] == [
+        (pair[answer], answer == "chosen") for pair in pairs for answer in ("chosen", "rejected")
+    ]
+    rows = [
+        {"prompt": "hi", "completion": "hello", "label": True},
+        {"prompt": "hi", "completion": "go away", "label": "no"},
+    ]
+    path = tmp_path / "unpaired.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"unpaired.jsonl: line 2: wrong_type: field 'label'"):
+        read_examples(path, "labelled")

@@ -52,10 +52,11 @@ def pair_sizes(config) -> list[int]:
 def test_bucket_tokens_reach_the_collate_and_batches_come_through_prefetch(make_config, prefetched):
     config = make_config(max_steps=3, bucket_tokens=64, eval_pairs=None)
     train(config)
-    assert len(prefetched) == 3  # one item per step: this process's micro-batches and all indices
+    assert len(prefetched) == 3  # one item per step: this process's micro-batches (each with
+    # its labels and pair keys) and every process's indices
     for window, batches in prefetched:
-        assert [batch.num_pairs for batch in window] == [len(b) for b in batches] == [2]
-        rows, width = window[0].input_ids.shape
+        assert [batch.num_pairs for batch, _, _ in window] == [len(b) for b in batches] == [2]
+        rows, width = window[0][0].input_ids.shape
         assert width % 64 == 0 and rows & (rows - 1) == 0  # a bucket: 64·k wide, 2^j rows
 
 
@@ -105,7 +106,7 @@ def test_token_budget_steps_train_every_pair_once_per_epoch(make_config, prefetc
     for batch in trained:
         assert sum(sizes[i] for i in batch) <= 120 or len(batch) == 1
     for window, batches in prefetched:  # one process: its micro-batches are the step's
-        assert [b.num_pairs for b in window] == [len(b) for b in batches]
+        assert [b.num_pairs for b, _, _ in window] == [len(b) for b in batches]
     assert lines[-1]["epoch"] == pytest.approx(len([i for b in trained for i in b]) / len(sizes))
     if accumulation == 1:
         assert lines[-1]["epoch"] == 1.0

@@ -11,10 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orpo_pipeline.train.data import TokenizedPair
+from orpo_pipeline.train.data import Feed, TokenizedPair
 from orpo_pipeline.train.objective import LossBatch
 from orpo_pipeline.train.objectives.cpo import Cpo, Simpo
 from orpo_pipeline.train.objectives.dpo import Dpo
+from orpo_pipeline.train.objectives.kto import Kto
 from orpo_pipeline.train.objectives.sft import Sft
 from orpo_pipeline.train.policy import build_policy
 from tests.train.conftest import make_pairs
@@ -206,3 +207,70 @@ def test_sft_equals_trl_sft_trainer(tiny_dir, tmp_path):
         out = objective.loss(logps, LossBatch.alone(logps))
         assert close(out.loss.item(), trl_loss), share_prompt
         assert close(objective.metrics(out.sums.tolist())["loss"], trl_loss), share_prompt
+
+
+@pytest.mark.parametrize(("desirable_weight", "undesirable_weight"), [(1.0, 1.0), (1.3, 0.8)])
+def test_kto_equals_trl_kto_trainer(tiny_dir, tmp_path, desirable_weight, undesirable_weight):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    reference = perturbed(model)
+    ours_model, ours_reference = copy.deepcopy(model), copy.deepcopy(reference)
+    labels = [True, False, False, True, True]
+    rows = [  # unpaired: 5 prompts, each with one answer, desirable or not
+        {
+            "prompt": row["prompt"],
+            "completion": row["chosen" if label else "rejected"],
+            "label": label,
+        }
+        for row, label in zip(make_pairs(5), labels, strict=True)
+    ]
+    args = trl.KTOConfig(
+        output_dir=str(tmp_path),
+        beta=0.3,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        max_length=128,
+        per_device_train_batch_size=5,  # the KL completions rotate within blocks of this size
+        **COMMON | {"per_device_eval_batch_size": 5},
+    )
+    trainer = trl.KTOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        eval_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    trainer.model.eval()
+    batch = next(iter(trainer.get_eval_dataloader()))  # the 5 examples, in order
+    with torch.no_grad():
+        trl_loss = trainer._compute_loss(trainer.model, batch, return_outputs=False).item()
+    trl_metrics = {name: values[-1] for name, values in trainer._metrics["eval"].items()}
+    examples = [
+        TokenizedPair(r["prompt_ids"], r["completion_ids"], []) for r in trainer.eval_dataset
+    ]
+    feed = Feed(examples, labels, kl=True)
+    pairs, keys = feed.arrange(range(5))
+    # TRL's KL batch: (x_1, y_5), (x_2, y_1), ..., (x_5, y_4); ours forwards the same pairs.
+    assert [pair.rejected_ids for pair in pairs] == trainer.eval_dataset["KL_completion_ids"]
+    assert keys == [(0, 4), (1, 0), (2, 1), (3, 2), (4, 3)]
+
+    objective = Kto(
+        beta=0.3, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight
+    )
+    names = (
+        "kl",
+        *(f"{kind}/{side}" for kind in ("rewards", "logps") for side in ("chosen", "rejected")),
+        "rewards/margins",
+    )
+    for share_prompt in (False, True):
+        pad = tokenizer.pad_token_id
+        logps = our_logps(ours_model, pairs, share_prompt=share_prompt, pad_token_id=pad)
+        ref = our_logps(ours_reference, pairs, share_prompt=share_prompt, pad_token_id=pad)
+        out = objective.loss(logps, LossBatch.alone(logps, ref, feed.label_tensor(range(5))))
+        ours = objective.metrics(out.sums.tolist())
+        assert close(out.loss.item(), trl_loss), share_prompt
+        assert close(ours["loss"], trl_loss), share_prompt
+        assert trl_metrics["kl"] > 0  # the reference differs: the KL term is exercised
+        for name in names:
+            assert close(ours[name], trl_metrics[name]), (share_prompt, name)

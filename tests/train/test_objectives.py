@@ -11,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from orpo_pipeline.errors import ConfigError, DataError
 from orpo_pipeline.train.config import ObjectiveName, TrainConfig
 from orpo_pipeline.train.loop import train
-from orpo_pipeline.train.objectives import OBJECTIVES
+from orpo_pipeline.train.objectives import OBJECTIVES, build_objective
+from tests.train.conftest import make_pairs
 from tests.train.test_checkpoints import CHILD as KILLED_CHILD
 from tests.train.test_checkpoints import REPO
 from tests.train.test_distributed import launch
@@ -42,7 +44,7 @@ def test_every_objective_name_has_one_class():
     assert set(OBJECTIVES) == set(typing.get_args(ObjectiveName))
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "simpo", "cpo"])
+@pytest.mark.parametrize("objective", ["sft", "dpo", "simpo", "cpo", "kto"])
 def test_each_objective_trains_every_weight_and_reports_its_metrics(
     make_config, tiny_dir, objective
 ):
@@ -137,7 +139,9 @@ def test_resume_after_kill_9_ends_bit_identical(make_config, tmp_path, objective
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo"])
+@pytest.mark.parametrize(  # kto too: each process estimates KL on its own micro-batches
+    "objective", ["sft", "dpo", pytest.param("kto", marks=pytest.mark.slow)]
+)
 def test_two_cpu_processes_equal_one_process_with_doubled_accumulation(
     make_config, tmp_path, objective
 ):
@@ -160,3 +164,67 @@ def test_two_cpu_processes_equal_one_process_with_doubled_accumulation(
     [run_dir] = two.output_dir.iterdir()
     assert_same_metrics(single.run_dir, run_dir)
     assert_same_weights(single.final_dir, run_dir / "final")
+
+
+def test_kto_reference_precomputed_equals_a_frozen_model_and_starts_at_one_half(make_config):
+    settings = {"objective": "kto", "max_steps": 3, "eval_every_steps": 2, "beta": 0.5}
+    frozen = train(make_config(reference="model", num_sample_generations=2, **settings))
+    samples = (frozen.run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()
+    assert len({json.dumps(json.loads(s)["prompt"]) for s in samples}) == 2  # not one twice
+    precomputed = train(make_config(**settings))
+    assert_same_metrics(frozen.run_dir, precomputed.run_dir, rel=2e-5, ignore={"flops"})
+    assert (precomputed.run_dir / "reference.json").is_file()
+    # Before any step the policy is the reference: every log-ratio and the KL estimate are 0,
+    # so each example's loss is 1 - σ(0).
+    assert frozen.eval_before["eval_kl"] == pytest.approx(0, abs=1e-6)
+    assert frozen.eval_before["eval_loss"] == pytest.approx(0.5, rel=1e-6)
+    assert frozen.eval_after["eval_loss"] != pytest.approx(0.5, abs=1e-4)  # it trained
+
+
+def write_jsonl(rows: list[dict], path):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_kto_trains_on_unpaired_rows_and_sft_on_sft_records(make_config, tmp_path):
+    pairs = make_pairs(12)
+    unpaired = [  # TRL's unpaired format; one prompt given as a plain string
+        {"prompt": pair["prompt"], "completion": pair[answer], "label": answer == "chosen"}
+        for pair, answer in zip(pairs, ["chosen", "rejected", "rejected"] * 4, strict=True)
+    ]
+    unpaired[0]["prompt"] = unpaired[0]["prompt"][-1]["content"]
+    records = [{"messages": pair["prompt"] + pair["chosen"]} for pair in pairs]  # SFT records
+    for objective, rows in (("kto", unpaired), ("sft", records)):
+        train_file = write_jsonl(rows[:8], tmp_path / f"{objective}-train.jsonl")
+        eval_file = write_jsonl(rows[8:], tmp_path / f"{objective}-eval.jsonl")
+        config = make_config(
+            objective=objective, train_pairs=train_file, eval_pairs=eval_file, max_steps=2
+        )
+        result = train(config)
+        data = json.loads((result.run_dir / "data.json").read_text())
+        assert data["train"]["rows"] == data["train"]["pairs"] == 8
+        assert data["eval"]["rows"] == data["eval"]["pairs"] == 4
+        lines = read_metrics(result.run_dir)
+        assert all(math.isfinite(v) for line in lines for v in line.values())
+        assert "eval_chosen_nll" in result.eval_after  # no rejected answers: no logp_accuracy
+        assert "eval_logp_accuracy" not in result.eval_after
+        samples = (result.run_dir / "samples" / "step-000000.jsonl").read_text().splitlines()
+        answer = rows[8]["completion"] if objective == "kto" else rows[8]["messages"][-1:]
+        assert json.loads(samples[0])["chosen"] == answer[-1]["content"]
+    with pytest.raises(DataError, match="no columns a boolean `label`"):
+        train(make_config(objective="kto", train_pairs=tmp_path / "sft-train.jsonl"))
+    with pytest.raises(DataError, match="no columns `chosen` and `rejected`"):
+        train(make_config(objective="dpo", train_pairs=tmp_path / "kto-train.jsonl"))
+    with pytest.raises(DataError, match="labelled rows train objective kto"):
+        train(make_config(objective="sft", train_pairs=tmp_path / "kto-train.jsonl"))
+
+
+def test_kto_settings_are_checked():
+    with pytest.raises(ValueError, match="per_device_batch_size >= 2"):
+        TrainConfig(train_pairs="x.parquet", objective="kto", per_device_batch_size=1)
+    with pytest.raises(ValueError, match="not tokens"):
+        TrainConfig(train_pairs="x.parquet", objective="kto", micro_batch_tokens=256)
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainConfig(train_pairs="x.parquet", objective="kto", undesirable_weight=0)
+    with pytest.raises(ConfigError, match="kto needs beta > 0"):
+        build_objective(TrainConfig(train_pairs="x.parquet", objective="kto", beta=0))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from orpo_pipeline.errors import ConfigError
+from orpo_pipeline.train.data import DataKind
 from orpo_pipeline.train.loss import PairLogps
 from orpo_pipeline.train.objective import (
     POLICY_METRICS,
@@ -46,7 +47,7 @@ class Cpo:
     simpo_gamma: float = 0.5
 
     needs_reference: ClassVar[bool] = False
-    uses_rejected: ClassVar[bool] = True
+    data: ClassVar[DataKind] = "pairs"
     sum_names: ClassVar[tuple[str, ...]] = (*REWARD_SUMS, *POLICY_SUMS)
     metric_names: ClassVar[tuple[str, ...]] = (*REWARD_METRICS, *POLICY_METRICS)
 

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from orpo_pipeline.train.data import DataKind
 from orpo_pipeline.train.loss import SUMS, PairLogps, metric_sums, metrics_from_sums, orpo_loss
 from orpo_pipeline.train.objective import (
     POLICY_METRICS,
@@ -27,7 +28,7 @@ class Orpo:
     beta: float
 
     needs_reference: ClassVar[bool] = False
-    uses_rejected: ClassVar[bool] = True
+    data: ClassVar[DataKind] = "pairs"
     sum_names: ClassVar[tuple[str, ...]] = (*SUMS, *POLICY_SUMS)
     metric_names: ClassVar[tuple[str, ...]] = (
         "loss",

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from orpo_pipeline.train.data import DataKind
 from orpo_pipeline.train.loss import PairLogps
 from orpo_pipeline.train.objective import (
     POLICY_METRICS,
@@ -29,7 +30,7 @@ class Sft:
     """
 
     needs_reference: ClassVar[bool] = False
-    uses_rejected: ClassVar[bool] = False
+    data: ClassVar[DataKind] = "completions"
     sum_names: ClassVar[tuple[str, ...]] = ("nll_sum", "nll_tokens", *POLICY_SUMS)
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "nll_loss", *POLICY_METRICS)
 
