@@ -39,11 +39,11 @@ JUDGED = (
 )
 """Each arm's final model judged against the start model (`evaluation`), from its summary."""
 PALETTE = ("#1f6fb4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-SECONDS_PER_STEP = 5.0
-SECONDS_PER_EVAL_PAIR = 0.45
-SECONDS_PER_EVALUATION = 240.0
-"""The default model on 2 idle CPU cores (max_length 256, 4 pairs a step; README, `make train`):
-used only to say up front about how long a comparison will take."""
+SECONDS_PER_STEP = 9.5
+SECONDS_PER_EVAL_PAIR = 0.6
+SECONDS_PER_EVALUATION = 90.0
+"""The default model on 2 idle CPU cores (max_length 256, 4 pairs a step; `make train` measured
+2026-12-01): used only to say up front about how long a comparison will take."""
 
 
 class CompareConfig(Settings):
