@@ -293,7 +293,7 @@ def table(report: dict[str, Any]) -> list[list[str]]:
     """Rows of the per-arm table: header first."""
     arms = report["summary"]["arms"]
     judged = all("evaluation" in s for s in arms.values())
-    rows = [["arm", "tokens", "PFLOPs", "wall s", "peak MiB", "accuracy", "margin", "chosen NLL"]]
+    rows = [["arm", "tokens", "TFLOPs", "wall s", "peak MiB", "accuracy", "margin", "chosen NLL"]]
     rows[0] += [title for _, title, _ in JUDGED] if judged else []
     for arm, s in arms.items():
         evaluation = s.get("evaluation", {})
@@ -301,7 +301,7 @@ def table(report: dict[str, Any]) -> list[list[str]]:
             [
                 arm,
                 _fmt(s["tokens"], ",.0f"),
-                _fmt(s["flops"], ".2f", 1e15),
+                _fmt(s["flops"], ".2f", 1e12),
                 _fmt(s["seconds"], ".0f"),
                 _fmt(s["peak_memory_bytes"], ",.0f", 2**20),
                 _fmt(s["eval_logp_accuracy"], ".3f"),
@@ -316,13 +316,13 @@ def table(report: dict[str, Any]) -> list[list[str]]:
 def matched_table(report: dict[str, Any]) -> list[list[str]]:
     """Rows of accuracy / margin / NLL per arm at each matched FLOP budget."""
     summary = report["summary"]
-    rows = [["PFLOPs", *summary["arms"]]]
+    rows = [["TFLOPs", *summary["arms"]]]
     for k, budget in enumerate(summary["budgets"]):
         cells = []
         for s in summary["arms"].values():
             point = s["matched"][k]
             cells.append(" / ".join(_fmt(point[name], ".3f") for name, _ in QUALITY))
-        rows.append([f"{budget / 1e15:.2f}", *cells])
+        rows.append([f"{budget / 1e12:.2f}", *cells])
     return rows
 
 
