@@ -63,11 +63,14 @@ def fits(prompt: list[MessageDict], max_chars: int | None) -> bool:
 def heldout_prompts(
     eval_pairs: Path, count: int, *, max_chars: int | None = None
 ) -> list[list[MessageDict]]:
-    """The first `count` distinct prompts of a canonical pair file (within `max_chars`)."""
-    from orpo_pipeline.train.data import read_pairs
+    """The first `count` distinct prompts (within `max_chars`) of a run's held-out file: pairs,
+    SFT records or labelled rows, whatever its objective trained on."""
+    from orpo_pipeline.io import scan_frame
+    from orpo_pipeline.train.data import read_examples
 
+    labelled = "label" in scan_frame(eval_pairs).collect_schema()
     seen: dict[str, list[MessageDict]] = {}
-    for row in read_pairs(eval_pairs):
+    for row in read_examples(eval_pairs, "labelled" if labelled else "completions"):
         if fits(row["prompt"], max_chars):
             seen.setdefault(prompt_key(row["prompt"]), row["prompt"])
         if len(seen) == count:

@@ -186,3 +186,32 @@ def test_prompts_longer_than_the_limit_are_passed_over(setup):
     assert heldout_prompts(pairs, 10) == [[{"role": "user", "content": p}] for p in PROMPTS]
     kept = heldout_prompts(pairs, 10, max_chars=12)
     assert kept == [[{"role": "user", "content": p}] for p in PROMPTS if len(p) <= 12]
+
+
+def test_heldout_prompts_come_from_labelled_rows_and_sft_records_too(tmp_path):
+    from orpo_pipeline.evaluation.run import heldout_prompts
+
+    labelled = tmp_path / "unpaired.jsonl"
+    rows = [
+        {"prompt": p, "completion": "an answer", "label": i % 2 == 0}
+        for i, p in enumerate([PROMPTS[0], PROMPTS[0], PROMPTS[1]])
+    ]
+    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": p},
+                        {"role": "assistant", "content": "ok"},
+                    ]
+                }
+            )
+            + "\n"
+            for p in PROMPTS[:2]
+        )
+    )
+    expected = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    assert heldout_prompts(labelled, 10) == expected  # a repeated prompt counts once
+    assert heldout_prompts(sft, 10) == expected
