@@ -94,6 +94,14 @@ def _eos_ids(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> 
     return [eos] if isinstance(eos, int) else list(eos)
 
 
+def _cache_field() -> str:
+    """The key-value cache's name in a causal LM's call and output: `cache` in recent
+    transformers, `past_key_values` in older 5.x releases (the declared minimum, 5.18)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def decode_steps(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
@@ -125,18 +133,18 @@ def decode_steps(
     generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
     eos = torch.tensor(_eos_ids(model, tokenizer), device=device)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
-    past = None
+    past, cache_field = None, _cache_field()
     with torch.inference_mode():
         for _ in range(sampling.max_new_tokens):
             out = model(
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=past,
+                **{cache_field: past},
                 use_cache=True,
                 logits_to_keep=1,  # the LM head on the last position only, not the whole prompt
             )
-            past, logits = out.cache, out.logits[:, -1, :].float()
+            past, logits = getattr(out, cache_field), out.logits[:, -1, :].float()
             if greedy:
                 tokens = logits.argmax(-1)
             else:
