@@ -23,7 +23,7 @@ from orpo_pipeline.formats.rows import (
     text_field,
 )
 
-_SCORE_FIELDS = {
+SCORE_FIELDS = {
     "chosen": ("score_chosen", "chosen_score", "rating_chosen", "chosen_rating", "chosen-rating"),
     "rejected": (
         "score_rejected",
@@ -33,6 +33,7 @@ _SCORE_FIELDS = {
         "rejected-rating",
     ),
 }
+"""Score fields of each side, in the order they are looked for (per row and vectorised)."""
 
 
 def parse_hh_rlhf(row: dict[str, Any], options: ConvertOptions) -> list[Pair]:
@@ -265,7 +266,7 @@ def _with_system(prompt: list[MessageDict], system: str | None) -> list[MessageD
 
 
 def _score(row: dict[str, Any], side: str) -> float | None:
-    for name in _SCORE_FIELDS[side]:
+    for name in SCORE_FIELDS[side]:
         value = row.get(name)
         if isinstance(value, int | float) and (score := number(value)) is not None:
             return score

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
+from orpo_pipeline.formats.preference import SCORE_FIELDS
 from orpo_pipeline.formats.readers import (
     MAX_NESTING,
     BlankLine,
@@ -37,17 +38,6 @@ _UNSAFE_TEXT = r"[\x00\x01\x1c-\x1f]"
 two this module uses as markers."""
 _ESCAPED_KEY = r'"[^"\\]*\\u[0-9a-fA-F]{4}[^"]*"\s*:'
 """A JSON key written with a \\u escape: Python and Polars may disagree on duplicate keys."""
-_SCORE_FIELDS = {
-    "chosen": ("score_chosen", "chosen_score", "rating_chosen", "chosen_rating", "chosen-rating"),
-    "rejected": (
-        "score_rejected",
-        "rejected_score",
-        "rating_rejected",
-        "rejected_rating",
-        "rejected-rating",
-    ),
-}
-"""As `preference._score` looks for them, in order."""
 
 
 class FastRows(NamedTuple):
@@ -144,7 +134,7 @@ _TRL_STRINGS = {
     "chosen": pl.String,
     "rejected": pl.String,
     "system": pl.String,
-    **{name: pl.Float64 for names in _SCORE_FIELDS.values() for name in names},
+    **{name: pl.Float64 for names in SCORE_FIELDS.values() for name in names},
 }
 _TRL_LISTS = {**_TRL_STRINGS, "chosen": pl.List(MESSAGE), "rejected": pl.List(MESSAGE)}
 _FIELDS = {
@@ -408,7 +398,7 @@ def _score(schema: pl.Schema, side: str) -> pl.Expr:
     """The first numeric score field of a side, as `preference._score` takes it (NaN is none)."""
     columns = [
         pl.col(name).cast(pl.Float64).fill_nan(None)
-        for name in _SCORE_FIELDS[side]
+        for name in SCORE_FIELDS[side]
         if name in schema and (schema[name].is_integer() or schema[name].is_float())
     ]
     return pl.coalesce(columns) if columns else pl.lit(None, dtype=pl.Float64)
