@@ -135,6 +135,7 @@ def arm_result(chain_dir: Path) -> dict[str, Any]:
         seconds += manifest["seconds"]
         peak = max(peak, manifest["peak_memory_bytes"])
     first, final = load_manifest(stages[0]), load_manifest(stages[-1])
+    evaluation = final.get("evaluation", {})
     return {
         "chain": str(chain_dir),
         "final_model": str(stages[-1] / "final"),
@@ -145,10 +146,10 @@ def arm_result(chain_dir: Path) -> dict[str, Any]:
         "before": {name: first["eval_before"][name] for name, _ in QUALITY},
         "after": {name: final["eval_after"][name] for name, _ in QUALITY},
         "curve": curve,
-        "evaluation": final.get("evaluation", {}).get("summary"),
-        "evaluation_seconds": final.get("evaluation", {}).get("seconds", {}).get("total"),
-        "judge_notes": final.get("evaluation", {}).get("judge_notes", []),
-        "baseline_sha256": final.get("evaluation", {}).get("baseline", {}).get("sha256"),
+        "evaluation": evaluation.get("summary"),
+        "evaluation_seconds": evaluation.get("seconds", {}).get("total"),
+        "judge_notes": evaluation.get("judge_notes", []),
+        "baseline_sha256": evaluation.get("baseline", {}).get("sha256"),
     }
 
 
@@ -289,12 +290,16 @@ def _fmt(cell: dict[str, float | None], spec: str, scale: float = 1.0) -> str:
     return text + (f" ± {format(cell['std'] / scale, spec)}" if cell["std"] else "")
 
 
+def judged(report: dict[str, Any]) -> bool:
+    """Whether every arm was judged against the start model (`evaluation`)."""
+    return all("evaluation" in s for s in report["summary"]["arms"].values())
+
+
 def table(report: dict[str, Any]) -> list[list[str]]:
     """Rows of the per-arm table: header first."""
-    arms = report["summary"]["arms"]
-    judged = all("evaluation" in s for s in arms.values())
+    arms, with_evaluation = report["summary"]["arms"], judged(report)
     rows = [["arm", "tokens", "TFLOPs", "wall s", "peak MiB", "accuracy", "margin", "chosen NLL"]]
-    rows[0] += [title for _, title, _ in JUDGED] if judged else []
+    rows[0] += [title for _, title, _ in JUDGED] if with_evaluation else []
     for arm, s in arms.items():
         evaluation = s.get("evaluation", {})
         rows.append(
@@ -307,7 +312,11 @@ def table(report: dict[str, Any]) -> list[list[str]]:
                 _fmt(s["eval_logp_accuracy"], ".3f"),
                 _fmt(s["eval_logp_margin"], ".3f"),
                 _fmt(s["eval_chosen_nll"], ".3f"),
-                *([_fmt(evaluation[name], spec) for name, _, spec in JUDGED] if judged else []),
+                *(
+                    [_fmt(evaluation[name], spec) for name, _, spec in JUDGED]
+                    if with_evaluation
+                    else []
+                ),
             ]
         )
     return rows
@@ -342,8 +351,7 @@ def _html_table(rows: list[list[str]]) -> str:
 
 def _judged_note(report: dict[str, Any]) -> str:
     """Who judged the arms against the start model, and the caveats `eval` gives about it."""
-    evaluated = [r for runs in report["runs"].values() for r in runs if r.get("evaluation")]
-    if not evaluated:
+    if not judged(report):
         return ""
     notes = report.get("judge_notes", [])
     return (
