@@ -262,19 +262,10 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
             if isinstance(row, BadRow):
                 collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
                 continue
-            try:
-                records = fmt.parse(row.value, options)
-            except RowError as error:
+            records = _parse(fmt, row, options)
+            if isinstance(records, RowError):
                 collector.reject(
-                    str(path), row.line, source, error.reason, error.detail, row.raw_text()
-                )
-                continue
-            except ValidationError as error:  # a record model's own rule, e.g. an empty prompt
-                detail = "; ".join(
-                    f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
-                )
-                collector.reject(
-                    str(path), row.line, source, "invalid_record", detail, row.raw_text()
+                    str(path), row.line, source, records.reason, records.detail, row.raw_text()
                 )
                 continue
             unused.count(row.value)
@@ -309,6 +300,19 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
         markers_changed=dict(markers.most_common()),
         warnings=unused.warnings(),
     )
+
+
+def _parse(fmt: Format, row: SourceRow, options: ConvertOptions) -> list[Any] | RowError:
+    """The records of one row, or the error that rejects it."""
+    try:
+        return fmt.parse(row.value, options)
+    except RowError as error:
+        return error
+    except ValidationError as error:  # a record model's own rule, e.g. an empty prompt
+        detail = "; ".join(
+            f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
+        )
+        return RowError("invalid_record", detail)
 
 
 def _input_rows(
