@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from orpo_pipeline.cli import cli
@@ -752,7 +752,7 @@ def summary_counts(output: str) -> dict[str, int]:
     return {
         key: int(value)
         for key, value in re.findall(
-            r"^(rows in|rows converted|rows rejected)\s+(\d+)$", output, re.M
+            r"^(rows in|rows converted|rows rejected)\s+(\d+)(?: \(.*\))?$", output, re.M
         )
     }
 
@@ -761,6 +761,11 @@ def summary_counts(output: str) -> dict[str, int]:
 @given(
     drawn=st.lists(lines(), min_size=0, max_size=10),
     fmt=st.sampled_from([None, "trl_preference", "hh_rlhf", "alpaca", "ultrafeedback"]),
+)
+@example(  # two judgments of one pair: "rows converted  2 (1 agreeing with ...)"
+    drawn=[(b'{"instruction": "00", "output_1": "0", "output_2": "00", "preference": 1}', None)]
+    * 2,
+    fmt=None,
 )
 def test_cli_convert_reconciles_or_shows_one_error(drawn, fmt):
     with tempfile.TemporaryDirectory() as directory:
