@@ -233,7 +233,9 @@ def _compute_stage(
 
 def read_reject_labels(path: Path, labels: Iterable[str] = ()) -> pl.DataFrame:
     """The columns of a rejects JSONL file that the data card counts (`reason`, `source` and the
-    given label columns, where present), read 64 MiB at a time so memory stays bounded.
+    given label columns, where present), read 64 MiB at a time so memory stays bounded. The
+    columns are read as text with a fixed schema: a label that is null in a chunk's first rows
+    and set later must not trip Polars' schema inference.
 
     An empty file (a stage that rejected nothing) gives an empty frame: Polars itself cannot read
     an empty JSONL file.
@@ -243,9 +245,9 @@ def read_reject_labels(path: Path, labels: Iterable[str] = ()) -> pl.DataFrame:
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 26):
             chunk += handle.readline()  # up to the end of the line cut in two
-            frame = pl.read_ndjson(io.BytesIO(chunk))
-            present = [c for c in wanted if c in frame.columns]
-            frames.append(frame.select(pl.col(present).cast(pl.String)))
+            present = [c for c in wanted if json.dumps(c).encode() + b":" in chunk]
+            schema = dict.fromkeys(present, pl.String)
+            frames.append(pl.read_ndjson(io.BytesIO(chunk), schema=schema))
     if not frames:
         return pl.DataFrame(schema={"reason": pl.String})
     return pl.concat(frames, how="diagonal")

@@ -363,3 +363,16 @@ def test_empty_rejects_files_are_written_and_read(recipe):
         as_series=False
     ) == {"reason": ["duplicate"], "source": ["hh.jsonl.gz"]}
     write_run_data_card(report.output_dir)
+
+
+def test_reject_labels_set_only_after_the_first_rows_are_read(tmp_path):
+    # Regression (bench_scale at 1 M pairs): Polars inferred `_cluster` as a null column from
+    # the first 100 rows of a chunk and then refused the first row that named a cluster.
+    rows = [{"reason": "too_long", "_cluster": None, "score": 1}] * 150
+    rows += [{"reason": "near_duplicate", "_cluster": "abc", "score": "high"}]
+    path = tmp_path / "03_near_dedupe.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    frame = read_reject_labels(path, ["_cluster", "_eval_set"])
+    assert frame.columns == ["reason", "_cluster"]
+    assert frame.height == 151
+    assert frame.tail(1).to_dicts() == [{"reason": "near_duplicate", "_cluster": "abc"}]
