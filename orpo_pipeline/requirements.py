@@ -39,4 +39,3 @@ def check_installed() -> None:
         fix = " ".join(f"'{want}'" for want, _ in needed)
         msg = f"orpo-pipeline needs other package versions:{listed}\nInstall: pip install {fix}"
         raise ImportError(msg)
-

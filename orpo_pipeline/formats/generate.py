@@ -307,15 +307,12 @@ def _generate_transformers(
     batch_size: int,
 ) -> Iterator[tuple[list[tuple[str, int]], list[Sample]]]:
     """Yield (jobs, samples) batch by batch; jobs sorted longest prompt first, then by key."""
-    import torch
     from tqdm.auto import tqdm
 
-    from orpo_pipeline.models import load_model, load_tokenizer
+    from orpo_pipeline.models import inference_device, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model = load_model(model_path).to(inference_device())
     ids = {key: chat_ids(tokenizer, prompt) for key, prompt in prompts.items()}
     order = sorted(jobs, key=lambda job: (-len(ids[job[0]]), job))
     with tqdm(total=len(order), desc=f"sampling {len(order)} responses", unit="resp") as bar:

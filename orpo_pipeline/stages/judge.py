@@ -74,6 +74,13 @@ class JudgeConfig(StageConfig):
     never enter a pair)."""
     batch_size: int = Field(default=8, gt=0)
     """Sequences scored together (in-process), or requests in flight (endpoint)."""
+    calibrate: bool = True
+    """llm_judge: take the judge's position prior out of its verdicts. The log-odds of 'A' over
+    'B' it gives when the conversation and both answers are content-free ('N/A', '', '[MASK]';
+    Zhao et al. 2021) is subtracted from every answer's log-odds, and is kept in the judge's
+    identity as `position_prior`. Both orders are still asked, and a disagreement is still a
+    tie. False reads the raw log-probabilities (a judge that always says 'A' then ties on
+    everything)."""
 
     @model_validator(mode="after")
     def _check_judge(self) -> Self:
@@ -146,9 +153,14 @@ def build_judge(config: JudgeConfig) -> tuple[Any, dict[str, Any]]:
         )
     else:
         judge = judges.LocalLabels(config.model, batch_size=config.batch_size)
+    identity |= judge.identity()
     if config.judge == "llm_judge":
         identity |= judges.prompt_identity(config.prompt_path)
-    return judge, identity | judge.identity()
+        if config.calibrate:
+            template = config.prompt_path.read_text(encoding="utf-8")
+            identity["position_prior"] = judges.position_prior(template, judge)
+            judge = judges.calibrated(judge, identity["position_prior"])
+    return judge, identity
 
 
 def judge_frame(

@@ -245,9 +245,7 @@ def test_trl_rows_row_for_row(tmp_path, monkeypatch, rows):
         frame.write_parquet(parquet)
         for role_markers in ("split", "keep"):
             options = ConvertOptions(format="trl_preference", role_markers=role_markers)
-            assert_same(
-                convert_files([parquet], options), per_row([parquet], options, monkeypatch)
-            )
+            assert_same(convert_files([parquet], options), per_row([parquet], options, monkeypatch))
 
 
 @pytest.mark.parametrize("value", [math.inf, -0.0, 1e308])

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from orpo_pipeline import judges
+from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.generate import chat_ids
 from orpo_pipeline.models import load_tokenizer
 from orpo_pipeline.records import PAIR_SCHEMA
@@ -103,6 +104,56 @@ def test_consistent_verdicts_pick_a_winner_and_rank_the_responses(llm_config):
     assert pair["judgment"]["judge"] == '{"judge": "stub"}'
 
 
+def leaning(content_lean):
+    """A judge whose log-odds of 'A' is 3 nats with nothing to judge (only fillers shown), plus
+    `content_lean(a, b)` when there are real answers."""
+
+    def ask(chats):
+        out = []
+        for chat in chats:
+            a, b = answer_of(chat)
+            filler = a == b and a.strip() in judges.CONTENT_FREE
+            odds = 3.0 + (0.0 if filler else content_lean(a, b))
+            out.append((-0.05, -0.05 - odds))
+        return out
+
+    return ask
+
+
+def test_calibration_takes_the_position_prior_out_and_keeps_order_disagreements_as_ties(
+    llm_config,
+):
+    frame = sampled([[("no", "stop"), ("honey never spoils", "stop"), ("bees", "stop")]])
+    longer = leaning(lambda a, b: 1.0 if len(a) > len(b) else -1.0)
+    raw = judge_frame(frame, llm_config, longer, "{}")["comparisons"][0].to_list()
+    assert {c["reason"] for c in raw} == {"order_disagreement"}  # 'A' in every order
+
+    prior = judges.position_prior(JUDGE_PROMPT, longer)
+    assert prior == pytest.approx(3.0)
+    out = judge_frame(frame, llm_config, judges.calibrated(longer, prior), "{}")
+    assert out["scores"][0].to_list() == [0.0, 1.0, 0.5]
+    first = out["comparisons"][0][0]
+    assert first["p_first_ab"] == pytest.approx(1 / (1 + math.exp(1.0)))  # calibrated log-odds -1
+    assert first["p_first_ba"] == pytest.approx(1 / (1 + math.exp(1.0)))
+
+    # A judge that leans to 'A' more whenever there is content still disagrees with itself.
+    content_bias = leaning(lambda a, b: 1.0)
+    prior = judges.position_prior(JUDGE_PROMPT, content_bias)
+    out = judge_frame(frame, llm_config, judges.calibrated(content_bias, prior), "{}")
+    assert {c["reason"] for c in out["comparisons"][0].to_list()} == {"order_disagreement"}
+    assert binarize(out.lazy(), BinarizeConfig()).collect()["_reason"].to_list() == [
+        "judge_disagreed"
+    ]
+
+
+def test_a_judge_without_label_logprobs_cannot_be_calibrated():
+    def one_token_answers(chats):
+        return [(0.0, -math.inf) for _ in chats]
+
+    with pytest.raises(ConfigError, match="calibrate: false"):
+        judges.position_prior(JUDGE_PROMPT, one_token_answers)
+
+
 def test_truncated_and_empty_responses_are_not_judged(llm_config):
     frame = sampled([[("no", "stop"), ("honey never", "length"), ("  ", "stop"), ("bees", "stop")]])
     asked = []
@@ -136,6 +187,23 @@ def test_local_label_logprobs_match_a_direct_forward(tiny_lm, llm_config):
         assert (a, b) == pytest.approx(expected, abs=1e-5)
     identity = labels.identity()
     assert identity["model"] == str(tiny_lm) and len(identity["sha256"]) == 64
+
+
+def test_the_built_llm_judge_is_calibrated_by_default(tiny_lm, judge_prompt):
+    template = judge_prompt.read_text(encoding="utf-8")
+    chats = [judges.judge_chat(template, PROMPT, "no", "honey never spoils")]
+    labels = judges.LocalLabels(str(tiny_lm))
+    (raw_a, raw_b), prior = labels(chats)[0], judges.position_prior(template, labels)
+
+    judge, identity = build_judge(JudgeConfig(model=str(tiny_lm), prompt_file=judge_prompt))
+    assert identity["position_prior"] == pytest.approx(prior, abs=1e-6)
+    ((a, b),) = judge(chats)
+    assert a - b == pytest.approx(raw_a - raw_b - prior, abs=1e-5)
+
+    config = JudgeConfig(model=str(tiny_lm), prompt_file=judge_prompt, calibrate=False)
+    judge, identity = build_judge(config)
+    assert "position_prior" not in identity
+    assert judge(chats)[0] == pytest.approx((raw_a, raw_b), abs=1e-6)
 
 
 def test_reward_model_scores_equal_the_classifier_logit(tiny_rm):

@@ -1,6 +1,7 @@
 """The shipped RLAIF recipes on the real default model and data, shortened by overrides."""
 
 import json
+import math
 
 import polars as pl
 import pytest
@@ -44,6 +45,7 @@ def test_rlaif_recipe_runs_offline_on_the_default_model(tmp_path, monkeypatch):
     for judgment in judgments:
         identity = json.loads(judgment["judge"])
         assert identity["judge"] == "llm_judge" and len(identity["sha256"]) == 64
+        assert math.isfinite(identity["position_prior"])  # calibrated by default
         assert len(judgment["comparisons"]) <= 1 and len(judgment["responses"]) == 2
 
 
