@@ -115,16 +115,43 @@ def _scan_parts(paths: list[Path]) -> pl.LazyFrame:
     return pl.concat([pl.scan_parquet(path) for path in paths], how="diagonal_relaxed")
 
 
+def _part_rows(paths: list[Path]) -> list[int]:
+    """Rows of each shard file, from the Parquet footers."""
+    return [pl.scan_parquet(path).select(pl.len()).collect().item() for path in paths]
+
+
 def _bounds(paths: list[Path], shard_rows: int) -> list[tuple[int, int]]:
     """(first row, rows) of each run of `shard_rows` rows of a stage output (at least one)."""
-    rows = _scan_parts(paths).select(pl.len()).collect().item()
+    rows = sum(_part_rows(paths))
     return [(start, shard_rows) for start in range(0, max(rows, 1), shard_rows)]
+
+
+def _slice_parts(paths: list[Path], start: int, rows: int) -> pl.LazyFrame:
+    """Rows `start` to `start + rows` of a stage output, reading only the shard files that hold
+    them (a slice of the whole concatenation reads every file before `start`), with the columns
+    and types of the whole output."""
+    whole = _scan_parts(paths)
+    schema = whole.collect_schema()
+    parts, offset = [], 0
+    for path, count in zip(paths, _part_rows(paths), strict=True):
+        first, last = max(start - offset, 0), min(start + rows - offset, count)
+        if first < last:
+            part = pl.scan_parquet(path).slice(first, last - first)
+            present = part.collect_schema()
+            parts.append(
+                part.select(
+                    pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype).alias(name)
+                    for name, dtype in schema.items()
+                )
+            )
+        offset += count
+    return pl.concat(parts) if parts else whole.clear()
 
 
 def _slices(paths: list[Path], shard_rows: int) -> Iterator[pl.DataFrame]:
     """Each run of `shard_rows` rows of a stage output, read one at a time."""
     for start, rows in _bounds(paths, shard_rows):
-        yield _scan_parts(paths).slice(start, rows).collect()
+        yield _slice_parts(paths, start, rows).collect()
 
 
 def _split_tagged(tagged: pl.DataFrame) -> Shard:
@@ -157,7 +184,7 @@ def convert_task(directory: Path, index: int, source: SourceConfig, paths: list[
 
 def _input_slice(parent: StageOutput, start: int, rows: int) -> pl.LazyFrame:
     """Rows `start` to `start + rows` of a stage's input, with `_row` (the source's position)."""
-    lf = _scan_parts(parent.kept).slice(start, rows)
+    lf = _slice_parts(parent.kept, start, rows)
     return lf if ROW in lf.collect_schema() else lf.with_row_index(ROW, offset=start)
 
 

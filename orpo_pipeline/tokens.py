@@ -28,6 +28,8 @@ def token_counter(tokenizer: "PreTrainedTokenizerBase") -> Callable[[pl.Expr], p
     """Text expression -> its token count (UInt32): message text only, no special tokens."""
 
     def count(texts: pl.Series) -> pl.Series:
+        if texts.is_empty():  # the tokenizer cannot take an empty batch
+            return pl.Series(texts.name, [], dtype=pl.UInt32)
         encoded = tokenizer(
             texts.fill_null("").to_list(),
             add_special_tokens=False,
