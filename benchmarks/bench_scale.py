@@ -41,11 +41,9 @@ NODES = (1, 2, 4, 8, 16, 32, 64)
 NETWORK_BYTES_PER_S = 1.25e9
 """10 Gbit/s between nodes, for the keys gathered to the driver and the decisions sent back."""
 STAGES = ("convert", "validate", "dedupe", "near_dedupe", "filter", "decontaminate", "split")
-SECONDS_PER_MILLION = {"generate": 25.0, "local": 350.0, "ray": 400.0}
-"""Rough seconds per million pairs on an idle 2-CPU machine, for the estimate printed before a
-run when no earlier result is at hand: the idle 10 M run of 2026-11-25 (1,496 s without
-near_dedupe and decontaminate) scaled by those two stages' share in the loaded 400 k run of
-2026-12-01; Ray adds start-up and per-task overhead."""
+SECONDS_PER_MILLION = {"generate": 17.0, "local": 158.0, "ray": 128.0}
+"""Seconds per million pairs on an idle 2-CPU machine, for the estimate printed before a run when
+no earlier result is at hand: the idle 10 M run of 2026-12-01 (local 1,583 s, Ray 1,280 s)."""
 
 
 def write_inputs(directory: Path, num_pairs: int) -> list[Path]:
