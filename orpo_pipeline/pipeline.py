@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import polars as pl
 import yaml
@@ -115,43 +115,53 @@ def _scan_parts(paths: list[Path]) -> pl.LazyFrame:
     return pl.concat([pl.scan_parquet(path) for path in paths], how="diagonal_relaxed")
 
 
-def _part_rows(paths: list[Path]) -> list[int]:
-    """Rows of each shard file, from the Parquet footers."""
-    return [pl.scan_parquet(path).select(pl.len()).collect().item() for path in paths]
+class Slice(NamedTuple):
+    """Rows `start` to `start + rows` of a stage output: the (file, first row, rows) pieces of the
+    shard files that hold them, and the whole output's columns and types."""
+
+    start: int
+    rows: int
+    pieces: tuple[tuple[Path, int, int], ...]
+    schema: pl.Schema
 
 
-def _bounds(paths: list[Path], shard_rows: int) -> list[tuple[int, int]]:
-    """(first row, rows) of each run of `shard_rows` rows of a stage output (at least one)."""
-    rows = sum(_part_rows(paths))
-    return [(start, shard_rows) for start in range(0, max(rows, 1), shard_rows)]
+def _slices_of(paths: list[Path], shard_rows: int) -> list[Slice]:
+    """Each run of `shard_rows` rows of a stage output (at least one), planned once from the
+    Parquet footers, so a task reads only the files holding its rows (a slice of the whole
+    concatenation would read every file before it)."""
+    counts = [pl.scan_parquet(path).select(pl.len()).collect().item() for path in paths]
+    schema = _scan_parts(paths).collect_schema()
+    slices = []
+    for start in range(0, max(sum(counts), 1), shard_rows):
+        pieces, offset = [], 0
+        for path, count in zip(paths, counts, strict=True):
+            first, last = max(start - offset, 0), min(start + shard_rows - offset, count)
+            if first < last:
+                pieces.append((path, first, last - first))
+            offset += count
+        slices.append(Slice(start, shard_rows, tuple(pieces), schema))
+    return slices
 
 
-def _slice_parts(paths: list[Path], start: int, rows: int) -> pl.LazyFrame:
-    """Rows `start` to `start + rows` of a stage output, reading only the shard files that hold
-    them (a slice of the whole concatenation reads every file before `start`), with the columns
-    and types of the whole output."""
-    whole = _scan_parts(paths)
-    schema = whole.collect_schema()
-    parts, offset = [], 0
-    for path, count in zip(paths, _part_rows(paths), strict=True):
-        first, last = max(start - offset, 0), min(start + rows - offset, count)
-        if first < last:
-            part = pl.scan_parquet(path).slice(first, last - first)
-            present = part.collect_schema()
-            parts.append(
-                part.select(
-                    pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype).alias(name)
-                    for name, dtype in schema.items()
-                )
+def _read_slice(window: Slice) -> pl.LazyFrame:
+    """The rows of a slice, with the whole output's columns and types in every piece."""
+    parts = []
+    for path, first, rows in window.pieces:
+        part = pl.scan_parquet(path).slice(first, rows)
+        present = part.collect_schema()
+        parts.append(
+            part.select(
+                pl.col(name).cast(dtype) if name in present else pl.lit(None, dtype).alias(name)
+                for name, dtype in window.schema.items()
             )
-        offset += count
-    return pl.concat(parts) if parts else whole.clear()
+        )
+    return pl.concat(parts) if parts else pl.LazyFrame(schema=window.schema)
 
 
 def _slices(paths: list[Path], shard_rows: int) -> Iterator[pl.DataFrame]:
     """Each run of `shard_rows` rows of a stage output, read one at a time."""
-    for start, rows in _bounds(paths, shard_rows):
-        yield _slice_parts(paths, start, rows).collect()
+    for window in _slices_of(paths, shard_rows):
+        yield _read_slice(window).collect()
 
 
 def _split_tagged(tagged: pl.DataFrame) -> Shard:
@@ -182,22 +192,21 @@ def convert_task(directory: Path, index: int, source: SourceConfig, paths: list[
     return write_shard(directory, index, shard, format=result.format, first=str(paths[0]))
 
 
-def _input_slice(parent: StageOutput, start: int, rows: int) -> pl.LazyFrame:
-    """Rows `start` to `start + rows` of a stage's input, with `_row` (the source's position)."""
-    lf = _slice_parts(parent.kept, start, rows)
-    return lf if ROW in lf.collect_schema() else lf.with_row_index(ROW, offset=start)
+def _input_slice(window: Slice) -> pl.LazyFrame:
+    """A slice of a stage's input, with `_row` (the source's position)."""
+    lf = _read_slice(window)
+    return lf if ROW in window.schema else lf.with_row_index(ROW, offset=window.start)
 
 
-def keys_task(parent: StageOutput, start: int, rows: int, stage: BaseModel) -> pl.DataFrame:
+def keys_task(window: Slice, stage: BaseModel) -> pl.DataFrame:
     """A global stage's keys of one slice of its input."""
-    return STAGES[stage.stage].keys(_input_slice(parent, start, rows), stage).collect()
+    return STAGES[stage.stage].keys(_input_slice(window), stage).collect()
 
 
 def stage_task(
     directory: Path,
     index: int,
-    parent: StageOutput,
-    bounds: tuple[int, int],
+    window: Slice,
     stage: BaseModel,
     decided: pl.DataFrame | None,
 ) -> dict:
@@ -205,7 +214,7 @@ def stage_task(
     decisions made on all keys (`decided`: `_row` and what the stage adds, for this slice)."""
     if done := finished_shard(directory, index):
         return done
-    shard = _input_slice(parent, *bounds)
+    shard = _input_slice(window)
     if decided is None:
         tagged = STAGES[stage.stage](shard, stage).collect()
     else:
@@ -243,19 +252,18 @@ def _compute_stage(
 ) -> int:
     """Run a stage slice by slice; a global stage first decides on the keys of all rows."""
     function = STAGES[stage.stage]
-    bounds = _bounds(parent.kept, shard_rows)
-    decided: list[pl.DataFrame | None] = [None] * len(bounds)
+    windows = _slices_of(parent.kept, shard_rows)
+    decided: list[pl.DataFrame | None] = [None] * len(windows)
     if isinstance(function, GlobalStage):
-        keys = pl.concat(executor.map(keys_task, [(parent, *b, stage) for b in bounds]))
+        keys = pl.concat(executor.map(keys_task, [(w, stage) for w in windows]))
         all_decided = function.decide(keys.lazy(), stage).collect().sort(ROW)
         del keys
-        decided = [all_decided.slice(start, rows) for start, rows in bounds]
+        decided = [all_decided.slice(w.start, w.rows) for w in windows]
     calls = [
-        (directory, i, parent, b, stage, d)
-        for i, (b, d) in enumerate(zip(bounds, decided, strict=True))
+        (directory, i, w, stage, d) for i, (w, d) in enumerate(zip(windows, decided, strict=True))
     ]
     executor.map(stage_task, calls)
-    return len(bounds)
+    return len(windows)
 
 
 def read_reject_labels(path: Path, labels: Iterable[str] = ()) -> pl.DataFrame:

@@ -392,8 +392,14 @@ def test_a_slice_reads_only_the_shard_files_that_hold_it_with_the_whole_schema(t
         paths.append(tmp_path / f"kept-{i:05d}.parquet")
         frame.write_parquet(paths[-1])
     whole = pipeline._scan_parts(paths)
-    for start, rows in [(0, 2), (2, 3), (1, 8), (5, 4), (8, 5), (9, 1), (0, 100)]:
-        got = pipeline._slice_parts(paths, start, rows).collect()
-        assert_frame_equal(got, whole.slice(start, rows).collect())
-    plan = pipeline._slice_parts(paths, 3, 2).explain()
-    assert paths[1].name in plan and paths[2].name not in plan  # only the file holding the rows
+    for shard_rows in (1, 2, 3, 4, 5, 8, 9, 100):
+        windows = pipeline._slices_of(paths, shard_rows)
+        assert [w.start for w in windows] == list(range(0, 9, shard_rows))
+        for window in windows:
+            got = pipeline._read_slice(window).collect()
+            assert_frame_equal(got, whole.slice(window.start, shard_rows).collect())
+    # Rows 4 and 5: the second file's last row and the third file's first.
+    window = pipeline._slices_of(paths, 2)[2]
+    assert window.pieces == ((paths[1], 1, 1), (paths[2], 0, 1))
+    plan = pipeline._read_slice(pipeline._slices_of(paths, 5)[1]).explain()  # rows 5 to 8
+    assert paths[2].name in plan and paths[0].name not in plan and paths[1].name not in plan
