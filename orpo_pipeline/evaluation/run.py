@@ -260,7 +260,7 @@ def evaluate_models(
     judge, identity = build_judge(config.judge)
     texts = [s.text for s in mine], [s.text for s in theirs]
     if config.judge.judge == "llm_judge":
-        template = config.judge.prompt_path.read_text(encoding="utf-8")
+        template = config.judge.template()
         verdicts = pairwise_verdicts(template, prompts, *texts, judge)
     else:
         verdicts = scored_verdicts(prompts, *texts, judge)

@@ -97,6 +97,10 @@ class JudgeConfig(StageConfig):
         """The judge prompt file in use: `prompt_file`, or the shipped one."""
         return self.prompt_file or SHIPPED_JUDGE_PROMPT
 
+    def template(self) -> str:
+        """The text of the judge prompt in use."""
+        return self.prompt_path.read_text(encoding="utf-8")
+
     def reads(self) -> list[Path]:
         """The judge prompt (llm_judge) and the files of local models."""
         from orpo_pipeline.models import resolve_model
@@ -109,7 +113,7 @@ class JudgeConfig(StageConfig):
 
 
 def _pairwise(frame: pl.DataFrame, config: JudgeConfig, ask: judges.LabelLogprobs) -> list[Any]:
-    template = config.prompt_path.read_text(encoding="utf-8")
+    template = config.template()
     items = [
         (
             prompt,
@@ -157,7 +161,7 @@ def build_judge(config: JudgeConfig) -> tuple[Any, dict[str, Any]]:
     if config.judge == "llm_judge":
         identity |= judges.prompt_identity(config.prompt_path)
         if config.calibrate:
-            template = config.prompt_path.read_text(encoding="utf-8")
+            template = config.template()
             identity["position_prior"] = judges.position_prior(template, judge)
             judge = judges.calibrated(judge, identity["position_prior"])
     return judge, identity
