@@ -99,16 +99,6 @@ class ParquetAppender:
         if self._writer is not None:
             self._writer.close()
 
-    @classmethod
-    def write_one(cls, frame: pl.DataFrame, path: Path) -> None:
-        """Write one frame as a file of its own, the way the appender writes (so the bytes
-        do not depend on how rows were split into shards and files)."""
-        appender = cls(path)
-        try:
-            appender.write(frame)
-        finally:
-            appender.close()
-
 
 @contextlib.contextmanager
 def polars_io_errors(path: Path) -> Iterator[None]:

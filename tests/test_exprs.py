@@ -1,12 +1,14 @@
-"""The fast normalisation equals the plain definition on every code point and on mixed strings."""
+"""The fast normalisation and simplification equal their plain definitions on every code point and
+on mixed strings; the stable hash is sha256's."""
 
+import hashlib
 import random
 import re
 import unicodedata
 
 import polars as pl
 
-from orpo_pipeline.exprs import _normalize
+from orpo_pipeline.exprs import _normalize, simplified, stable_hash
 
 WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
 WHITE_SPACE += "\u2028\u2029\u202f\u205f\u3000"
@@ -39,3 +41,28 @@ def test_normalize_equals_the_definition_on_ascii_mixed_with_combining_spaces_an
     texts += ["plain ascii only", "", "e\u0301", "\u212b", "  lead and trail \n"]
     series = pl.Series([*texts, None], dtype=pl.String)
     assert _normalize(series).to_list() == [plain(t) for t in texts] + [None]
+
+
+def plain_simplified(text: pl.Expr) -> pl.Expr:
+    """The definition of `simplified` as one chain of Polars string expressions."""
+    words = text.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[^\w\s]|_", " ")
+    return words.str.replace_all(r"\s+", " ").str.strip_chars()
+
+
+def test_simplified_equals_the_plain_chain_on_every_code_point():
+    """Every code point Python's Unicode database assigns (Polars' may be newer: the fast path
+    normalises as Python does)."""
+    chars = [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) not in ("Cn", "Cs")]
+    frame = pl.DataFrame({"t": [f"A{c}b, {c}" for c in chars]})
+    fast = frame.select(simplified(pl.col("t"))).to_series()
+    assert fast.equals(frame.select(plain_simplified(pl.col("t"))).to_series())
+
+
+def test_stable_hash_is_the_first_eight_bytes_of_sha256():
+    texts = ["", "abc", "é\x00x", "🙂" * 50, None]
+    hashes = pl.DataFrame({"t": texts}).select(stable_hash(pl.col("t"), salt="split:3"))
+    expected = [
+        int.from_bytes(hashlib.sha256(f"split:3\x00{t}".encode()).digest()[:8], "big")
+        for t in texts[:-1]
+    ]
+    assert hashes.to_series().to_list() == [*expected, None]

@@ -71,7 +71,7 @@ class _EvalIndex:
         self.ngrams = ngrams.join(
             ngrams.group_by("_eval").len("_num_ngrams"), on="_eval", how="left"
         )
-        self.sorted_hashes = np.unique(hashes)
+        self.hashes = pl.Series(np.unique(hashes)).implode()
 
     def matches(self, turns: pl.Series, config: DecontaminateConfig) -> pl.Series:
         """Per row of user-turn lists: the first eval prompt it matches, or null."""
@@ -99,7 +99,7 @@ class _EvalIndex:
 
     def _overlaps(self, turns: pl.Series, offset: int, config: DecontaminateConfig) -> pl.DataFrame:
         hashes, starts = shingle_hashes(turns.list.join(" "), size=config.ngram_size, unit="word")
-        hit = np.isin(hashes, self.sorted_hashes)
+        hit = pl.Series(hashes).is_in(self.hashes).to_numpy()  # a hash set: 30x np.isin
         positions = np.repeat(np.arange(len(turns)) + offset, np.diff(starts))
         return (
             pl.DataFrame({"_position": positions[hit], "_hash": hashes[hit]})

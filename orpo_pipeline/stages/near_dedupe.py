@@ -5,6 +5,8 @@ decide step holds neither texts nor full signatures: at 10 M rows the keys take 
 """
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -68,16 +70,23 @@ def minhash_signatures(texts: pl.Series, config: NearDedupeConfig) -> np.ndarray
     """MinHash signatures of simplified texts: uint32, shape (len(texts), num_permutations).
 
     Value i of a text is the least of `(shingle ^ mask_i) * multiplier_i` (a bijection of uint64)
-    over its shingles, keeping the high 32 bits.
+    over its shingles, keeping the high 32 bits. Chunks of rows are signed on all cores (numpy
+    releases the GIL).
     """
     multipliers, masks = _permutations(config)
     signatures = np.empty((len(texts), len(multipliers)), dtype=np.uint32)
-    for begin in range(0, len(texts), _CHUNK_ROWS):
+
+    def sign(begin: int) -> None:
         chunk = texts.slice(begin, _CHUNK_ROWS)
         hashes, starts = shingle_hashes(chunk, size=config.ngram_size, unit=config.unit)
+        permuted = np.empty_like(hashes)
         for i, (multiplier, mask) in enumerate(zip(multipliers, masks, strict=True)):
-            least = np.minimum.reduceat((hashes ^ mask) * multiplier, starts[:-1])
+            np.multiply(np.bitwise_xor(hashes, mask, out=permuted), multiplier, out=permuted)
+            least = np.minimum.reduceat(permuted, starts[:-1])
             signatures[begin : begin + len(chunk), i] = least >> 32
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(sign, range(0, len(texts), _CHUNK_ROWS)))
     return signatures
 
 

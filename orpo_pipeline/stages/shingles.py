@@ -2,20 +2,19 @@
 
 The hashes depend only on the text and the constants below, never on Python's `hash()`, Polars'
 `hash()`, the platform or a library version, so signatures and matches are reproducible.
-Each unit (word or character) is hashed as a polynomial over its UTF-8 bytes; each shingle as a
-polynomial over its units' hashes; both are finished with the splitmix64 mixer.
+Each unit (word or character) is hashed with xxHash64 (a fixed, published function); each
+shingle as a polynomial over its units' hashes, finished with the splitmix64 mixer.
 """
 
 from typing import Literal
 
 import numpy as np
 import polars as pl
+import polars_hash  # noqa: F401  (registers the `nchash` namespace)
 
 Unit = Literal["word", "char"]
 
-_BYTE_BASE = 0x100000001B3  # odd, so it is invertible modulo 2**64
 _UNIT_BASE = 0x9E3779B97F4A7C15
-_BYTE_BASE_INVERSE = pow(_BYTE_BASE, -1, 2**64)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -23,13 +22,6 @@ def mix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
     x = (x ^ (x >> 27)) * 0x94D049BB133111EB
     return x ^ (x >> 31)
-
-
-def _powers(base: int, count: int) -> np.ndarray:
-    """base**0, base**1, ..., base**(count - 1), modulo 2**64."""
-    powers = np.full(count, base, dtype=np.uint64)
-    powers[:1] = 1
-    return np.cumprod(powers, dtype=np.uint64)  # wraps modulo 2**64, as intended
 
 
 def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -49,18 +41,8 @@ def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unit_hashes(units: pl.Series) -> np.ndarray:
-    """Hash each string of a flat string Series; uint64, one per string."""
-    if units.is_empty():
-        return np.empty(0, dtype=np.uint64)
-    offsets, data = utf8_buffers(units)
-    # prefix[k] = sum over j < k of (byte_j + 1) * BASE**j, so a unit's hash is a difference of two
-    # prefixes shifted back by BASE**-start. The +1 keeps trailing NUL bytes from vanishing.
-    prefix = np.zeros(len(data) + 1, dtype=np.uint64)
-    np.cumsum((data.astype(np.uint64) + 1) * _powers(_BYTE_BASE, len(data)), out=prefix[1:])
-    starts, ends = offsets[:-1], offsets[1:]
-    inverse = _powers(_BYTE_BASE_INVERSE, len(data) + 1)[starts]
-    lengths = (ends - starts).astype(np.uint64)
-    return mix64((prefix[ends] - prefix[starts]) * inverse + lengths)
+    """xxHash64 (seed 0) of each string of a flat string Series, in Rust (polars-hash)."""
+    return units.to_frame("unit").select(pl.col("unit").nchash.xxhash64()).to_series().to_numpy()
 
 
 def shingle_hashes(texts: pl.Series, *, size: int, unit: Unit) -> tuple[np.ndarray, np.ndarray]:
@@ -77,17 +59,34 @@ def shingle_hashes(texts: pl.Series, *, size: int, unit: Unit) -> tuple[np.ndarr
     lists = texts.fill_null("").str.split(" " if unit == "word" else "")
     counts = lists.list.len().to_numpy().astype(np.int64)
     units = _unit_hashes(lists.explode(empty_as_null=False).drop_nulls())
-    units = np.append(units, np.uint64(0))  # a pad, so windows past the end can be gathered
     unit_starts = np.cumsum(counts) - counts
     windows = np.maximum(counts - size + 1, 1)
     window_lengths = np.repeat(np.minimum(counts, size), windows)
     starts = np.concatenate(([0], np.cumsum(windows)))
     offset_in_text = np.arange(starts[-1]) - np.repeat(starts[:-1], windows)
     positions = np.repeat(unit_starts, windows) + offset_in_text
-    acc = np.zeros(starts[-1], dtype=np.uint64)
-    for i in range(size):
-        inside = i < window_lengths
-        acc = np.where(
-            inside, acc * _UNIT_BASE + units[np.minimum(positions + i, len(units) - 1)], acc
-        )
+    whole = window_lengths == size
+    acc = np.empty(starts[-1], dtype=np.uint64)
+    acc[whole] = _runs(units, size)[positions[whole]]
+    acc[~whole] = _short_runs(units, positions[~whole], window_lengths[~whole])
     return mix64(acc ^ window_lengths.astype(np.uint64)), starts
+
+
+def _runs(units: np.ndarray, size: int) -> np.ndarray:
+    """The polynomial hash of every run of `size` consecutive units (item p: the run from p),
+    over contiguous slices."""
+    acc = np.zeros(max(len(units) - size + 1, 0), dtype=np.uint64)
+    for i in range(size):
+        acc *= np.uint64(_UNIT_BASE)
+        acc += units[i : i + len(acc)]
+    return acc
+
+
+def _short_runs(units: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The same hash of the runs of `lengths` units from `positions` (texts shorter than a
+    shingle: one run each)."""
+    acc = np.zeros(len(positions), dtype=np.uint64)
+    for i in range(int(lengths.max(initial=0))):
+        inside = i < lengths
+        acc[inside] = acc[inside] * np.uint64(_UNIT_BASE) + units[positions[inside] + i]
+    return acc

@@ -2,6 +2,8 @@ import json
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orpo_pipeline.exprs import simplified, user_turns
@@ -104,3 +106,24 @@ def test_user_turns_and_simplified():
     frame = pairs_frame([make_pair("Héllo,  WORLD!! it's_me", "a", "b")])
     result = frame.select(user_turns("prompt").list.eval(simplified(pl.element()))).collect()
     assert result.item().to_list() == ["héllo world it s me"]
+
+
+SIMPLIFY_TEXT = st.sampled_from(list("aZ é\u00a0\t\n\r\x0b\x85\u2028\u2003\x1cﬁＡ①.,_!İß-"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text(alphabet=SIMPLIFY_TEXT, max_size=30), min_size=1, max_size=4))
+def test_simplified_equals_the_plain_polars_chain(texts):
+    frame = pl.DataFrame({"t": [*texts, "Plain ASCII,  text!"]})
+    fast = frame.select(simplified(pl.col("t"))).to_series()
+    plain = frame.select(
+        pl.col("t")
+        .str.normalize("NFKC")
+        .str.to_lowercase()
+        .str.replace_all(r"[^\w\s]|_", " ")
+        .str.replace_all(r"\s+", " ")
+        .str.strip_chars()
+    ).to_series()
+    assert fast.to_list() == plain.to_list()
+    in_lists = frame.select(pl.concat_list("t").list.eval(simplified(pl.element()))).to_series()
+    assert [row[0] for row in in_lists.to_list()] == plain.to_list()
