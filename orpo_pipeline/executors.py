@@ -1,4 +1,4 @@
-"""Where a recipe's shard tasks run: one after another in this process, or on a Ray cluster.
+"""Where a recipe's shard tasks run: on threads of this process, or on a Ray cluster.
 
 An executor only maps a task function over argument tuples and returns the results in order; the
 runner (`pipeline.py`) decides what the tasks are, and every task reads its input from the stage
@@ -6,24 +6,41 @@ cache and writes its own shard there, so both executors produce the same files.
 """
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from orpo_pipeline.errors import ConfigError, OrpoPipelineError
 
 
 class Executor(Protocol):
-    """Runs `function(*args)` for each argument tuple; returns the results in order."""
+    """Runs `function(*args)` for each argument tuple; returns the results in order. With
+    `parallel=False` a local executor runs one task at a time (tasks that run a model, which
+    already uses every core)."""
 
-    def map(self, function: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]: ...
+    def map(
+        self, function: Callable[..., Any], calls: Sequence[tuple], *, parallel: bool = True
+    ) -> list[Any]: ...
 
 
 class LocalExecutor:
-    """Each task in turn, in this process."""
+    """The tasks in this process, on one thread per core: Polars, numpy and Parquet release the
+    GIL while they work, so shards overlap their Python and single-threaded parts."""
 
-    def map(self, function: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
-        """Run the tasks one after another."""
-        return [function(*args) for args in calls]
+    def map(
+        self, function: Callable[..., Any], calls: Sequence[tuple], *, parallel: bool = True
+    ) -> list[Any]:
+        """Run the tasks; the first error (in task order) cancels the tasks not yet started."""
+        threads = min(os.cpu_count() or 1, len(calls)) if parallel else 1
+        if threads <= 1:
+            return [function(*args) for args in calls]
+        pool = ThreadPoolExecutor(threads)
+        try:
+            futures = [pool.submit(function, *args) for args in calls]
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(cancel_futures=True)
 
 
 class RayExecutor:
@@ -37,8 +54,11 @@ class RayExecutor:
     max_retries = 3
     """Retries of a task whose worker process died (Ray does not retry a task's own errors)."""
 
-    def map(self, function: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
-        """Submit every task, wait for all; raise a task's own error as itself."""
+    def map(
+        self, function: Callable[..., Any], calls: Sequence[tuple], *, parallel: bool = True
+    ) -> list[Any]:
+        """Submit every task, wait for all; raise a task's own error as itself. Each task has
+        a CPU of its own whether or not `parallel`."""
         import ray
 
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(function)

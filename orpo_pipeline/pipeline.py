@@ -255,14 +255,15 @@ def _compute_stage(
     windows = _slices_of(parent.kept, shard_rows)
     decided: list[pl.DataFrame | None] = [None] * len(windows)
     if isinstance(function, GlobalStage):
-        keys = pl.concat(executor.map(keys_task, [(w, stage) for w in windows]))
+        keys_calls = [(w, stage) for w in windows]
+        keys = pl.concat(executor.map(keys_task, keys_calls, parallel=stage.parallel_shards))
         all_decided = function.decide(keys.lazy(), stage).collect().sort(ROW)
         del keys
         decided = [all_decided.slice(w.start, w.rows) for w in windows]
     calls = [
         (directory, i, w, stage, d) for i, (w, d) in enumerate(zip(windows, decided, strict=True))
     ]
-    executor.map(stage_task, calls)
+    executor.map(stage_task, calls, parallel=stage.parallel_shards)
     return len(windows)
 
 

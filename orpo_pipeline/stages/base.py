@@ -22,6 +22,10 @@ class StageConfig(BaseModel):
     """Reason -> the column naming what a row rejected for it matched (a cluster, an eval set);
     the data card counts that reason's rejects per value of the column."""
 
+    parallel_shards: ClassVar[bool] = True
+    """Whether the local executor may run several of the stage's shard tasks at once (not for a
+    stage that runs a model: the model already uses every core)."""
+
     def reads(self) -> list[Path]:
         """Files the stage reads besides its input frame; their contents are part of its key."""
         return []

@@ -4,7 +4,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -48,6 +48,8 @@ class JudgeConfig(StageConfig):
     - `implicit_reward`: `model` is a trained policy and `reference` its starting point;
       score = beta * (log pi(y|x) - log pi_ref(y|x)).
     """
+
+    parallel_shards: ClassVar[bool] = False
 
     stage: Literal["judge"] = "judge"
     judge: Literal["reward_model", "llm_judge", "implicit_reward"] = "llm_judge"

@@ -2,7 +2,7 @@
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field
@@ -29,6 +29,8 @@ class SampleConfig(StageConfig):
     Responses are cached by (model sha256, prompt, sampling settings); a rerun or a rerun after
     a crash generates only what is missing, and gives the same responses.
     """
+
+    parallel_shards: ClassVar[bool] = False
 
     stage: Literal["sample"] = "sample"
     model: str = "default"
