@@ -665,6 +665,8 @@ def _ranked_pairs(candidates: pl.DataFrame, options: ConvertOptions) -> pl.DataF
         .filter(pl.col("_text").is_first_distinct().over("_line"))
         .filter(pl.len().over("_line") >= 2)
     )
+    if not kept.height:
+        return candidates.select("_line").clear()
     lines = kept["_line"].to_numpy().astype(np.int64)
     starts = np.flatnonzero(np.diff(lines, prepend=-1))
     ends = [*starts[1:].tolist(), len(lines)]
