@@ -538,10 +538,24 @@ def _uf_rating(annotation: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Exp
     return _number(annotation.struct.field("Rating"), fields["Rating"])
 
 
-def _key_count(name: str, value: str = "") -> pl.Expr:
-    """How often `name` is a key in the JSON line (followed by `value`). In valid JSON a quote
-    inside a string is escaped, so `"name":` after `{` or `,` is always a key."""
-    return pl.col("_text").str.count_matches(r'[{,]\s*"' + name + r'"\s*:\s*' + value)
+def _key_counts(lf: pl.LazyFrame, keys: list[str]) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+    """`lf` with the matches of `keys` in `_text`, and the columns `_n_<key>` (how often each
+    key occurs in the JSON line) and `_n_response_string` (how often `response` holds a
+    string). In valid JSON a quote inside a string is escaped, so `"key":` after `{` or `,` is
+    always a key. One regex pass over the text."""
+    pattern = r'[{,]\s*"(?:' + "|".join(keys) + r')"\s*:\s*"?'
+    found = pl.col("_keys")
+    counts = [
+        found.list.eval(pl.element().str.contains(f'"{key}"', literal=True))
+        .list.sum()
+        .alias(f"_n_{key}")
+        for key in keys
+    ]
+    string_response = found.list.eval(
+        pl.element().str.contains('"response"', literal=True) & pl.element().str.ends_with('"')
+    ).list.sum()
+    lf = lf.with_columns(pl.col("_text").str.extract_all(pattern).alias("_keys"))
+    return lf, [*counts, string_response.alias("_n_response_string")]
 
 
 _EXACT = 2.0**50
@@ -583,32 +597,36 @@ def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     content = item("response")
     checks = [content.is_not_null(), _plain_text(content), overall[1]]
     checks += [rating[1] for rating in ratings.values()]
+    prompt = pl.col("instruction")
+    row_columns = [
+        "_line",
+        prompt.alias("_prompt"),
+        pl.col("completions").alias("_c"),
+        (prompt.is_not_null() & _plain_text(prompt) & (_strip(prompt) != "")).alias("_row_ok"),
+    ]
     if "_text" in schema:  # keys counted in the text against the values decoded, per row
-        given = {
-            "overall_score": item("overall_score"),
-            "annotations": item("annotations"),
-            **{name: item("annotations").struct.field(name) for name in aspects},
+        found = {
+            "overall_score": item("overall_score").is_not_null(),
+            "annotations": item("annotations").is_not_null(),
+            **{name: item("annotations").struct.field(name).is_not_null() for name in aspects},
+            "Rating": pl.sum_horizontal(
+                item("annotations").struct.field(name).struct.field("Rating").is_not_null()
+                for name in aspects
+            ),
         }
-        found = {key: value.is_not_null() for key, value in given.items()}
-        found["Rating"] = pl.sum_horizontal(
-            item("annotations").struct.field(name).struct.field("Rating").is_not_null()
-            for name in aspects
-        )
+        lf, counts = _key_counts(lf, ["response", *found])
+        row_columns += counts
         checks += [
-            _key_count("response") == pl.len().over("_line"),
-            _key_count("response", '"') == pl.len().over("_line"),
-            *(_key_count(key) == count.sum().over("_line") for key, count in found.items()),
+            pl.col("_n_response") == pl.len().over("_line"),
+            pl.col("_n_response_string") == pl.len().over("_line"),
+            *(pl.col(f"_n_{key}") == count.sum().over("_line") for key, count in found.items()),
         ]
     given_ratings = pl.sum_horizontal(value.is_not_null() for value in values)
     whole = [
         value.is_null() | ((value.round() == value) & (value.abs() < _EXACT)) for value in values
     ]
-    prompt = pl.col("_prompt")
-    prompt_ok = prompt.is_not_null() & _plain_text(prompt) & (_strip(prompt) != "")
-    columns = ["_line", "instruction", "completions", *(["_text"] if "_text" in schema else [])]
     return (
-        lf.select(columns)
-        .rename({"instruction": "_prompt", "completions": "_c"})
+        lf.select(row_columns)
         .explode("_c")
         .select(
             "_line",
@@ -621,7 +639,7 @@ def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
             .cast(pl.Float64)
             .alias("_mean"),
             pl.all_horizontal(whole or [pl.lit(value=True)]).alias("_integral"),
-            (prompt_ok & pl.all_horizontal(checks)).fill_null(value=False).alias("_ok"),
+            (pl.col("_row_ok") & pl.all_horizontal(checks)).fill_null(value=False).alias("_ok"),
         )
         .with_columns(pl.col("_integral", "_ok").all().over("_line"))
     )
