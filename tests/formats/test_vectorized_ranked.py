@@ -109,7 +109,7 @@ def test_repeated_keys_go_per_row(tmp_path, monkeypatch):
         "annotations": {"honesty": {"Rating": "5"}},
     }
     bad = {"response": "Bad.", "overall_score": 2, "annotations": {"honesty": {"Rating": "1"}}}
-    body = json.dumps([good, bad])[1:-1]
+    line = json.dumps({"instruction": "q", "completions": [good, bad]})
     edits = [
         ("", ""),
         ('"overall_score": 9', '"overall_score": 9, "overall_score": 1'),
@@ -120,11 +120,9 @@ def test_repeated_keys_go_per_row(tmp_path, monkeypatch):
         ('"Good."', "7"),  # a number Polars would decode as the string "7"
         ('"honesty": {"Rating": "5"}', '"correctness": {"Rating": "5"}'),  # not decoded here
         ('"q", "completions"', '"q", "instruction": "r", "completions"'),
+        ('"annotations": {"honesty": {"Rating": "1"}}', '"annotations": null'),
     ]
-    lines = [
-        '{"instruction": "q", "completions": [' + body.replace(old, new) + "]}"
-        for old, new in edits
-    ]
+    lines = [line.replace(old, new) for old, new in edits]
     path = tmp_path / "uf.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     for knobs in (
