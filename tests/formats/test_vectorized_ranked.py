@@ -4,6 +4,7 @@ converter's result under every ranked option: pairs, ids, rejects, provenance an
 import copy
 import itertools
 import json
+import math
 import random
 
 import polars as pl
@@ -286,3 +287,75 @@ def test_well_formed_rows_take_the_fast_path(tmp_path, monkeypatch, drawn, knobs
         assert_same(fast, per_row([file], chosen, monkeypatch))
         if plain and knobs["score_source"] != "rank" and knobs.get("aspect") != "correctness":
             assert converted_here(file, chosen) == fast.pairs.height
+
+
+def _parquet_rows(rating, overall) -> list[dict]:
+    """Rows for a Parquet file whose ratings and overall scores take the given values in turn,
+    with null completions, responses, annotations and aspects among them."""
+    values = itertools.cycle(rating)
+    scores = itertools.cycle(overall)
+    rows = []
+    for index in range(24):
+        completions = [
+            {
+                "response": ["A.", "B.", " B. ", "C.", "D."][(index + k) % 5],
+                "overall_score": next(scores),
+                "annotations": {name: {"Rating": next(values)} for name in UF_ASPECTS},
+            }
+            for k in range(4)
+        ]
+        if index % 6 == 1:
+            completions[1] = None
+        if index % 6 == 2:
+            completions[2]["response"] = None
+        if index % 6 == 3:
+            completions[0]["annotations"] = None
+        if index % 6 == 4:
+            completions[3]["annotations"]["honesty"] = None
+        rows.append({"instruction": f"Q{index % 7}", "completions": completions})
+    return rows
+
+
+PARQUET_VALUES = {
+    pl.Float64: [4.0, math.nan, math.inf, 4.5, None, 2.0, -0.0, 5.0],
+    pl.Float32: [7.5, None, 2.25, math.nan, 9.0],
+    pl.Int64: [7, None, 3, 10],
+    pl.Int32: [1, 5, None, 3, 4],
+    pl.String: ["7.5", "N/A", "9", "-0.5", "2", "10"],
+    pl.Boolean: [True, False, None],
+}
+ODD_STRINGS = ["7.5", " 4", "-0", "1e3", "abc", "9", "2", "N/A"]
+"""Strings only Python's `float` reads (or reads as -0.0): their rows go per row."""
+
+
+@pytest.mark.parametrize(
+    ("rating", "overall", "odd"),
+    [
+        (pl.Float64, pl.Int64, False),
+        (pl.Int32, pl.String, False),
+        (pl.String, pl.Float32, False),
+        (pl.Int32, pl.String, True),
+        (pl.Boolean, pl.Boolean, False),
+    ],
+    ids=str,
+)
+def test_parquet_column_types_as_python_reads_them(tmp_path, monkeypatch, rating, overall, odd):
+    overall_values = ODD_STRINGS if odd else PARQUET_VALUES[overall]
+    rows = _parquet_rows(PARQUET_VALUES[rating], overall_values)
+    aspect = pl.Struct({"Rating": rating})
+    completion = pl.Struct(
+        {
+            "response": pl.String,
+            "overall_score": overall,
+            "annotations": pl.Struct(dict.fromkeys(UF_ASPECTS, aspect)),
+        }
+    )
+    schema = {"instruction": pl.String, "completions": pl.List(completion)}
+    path = tmp_path / "uf.parquet"
+    pl.DataFrame(rows, schema=schema).write_parquet(path)
+    for knobs in OPTIONS[::5]:
+        fast = convert_files([path], options(knobs))
+        assert_same(fast, per_row([path], options(knobs), monkeypatch))
+    # rows with a null completion or response are rejected per row; booleans are no scores
+    here = converted_here(path, options({"score_source": "overall"}))
+    assert here == 0 if overall == pl.Boolean or odd else here >= 10
