@@ -582,8 +582,8 @@ def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         return lf.select("_line").clear()
     fields = completions.inner.to_schema()
     item = pl.col("_c").struct.field
-    overall = _number(item("overall_score"), fields.get("overall_score", pl.Null))
-    annotations = fields.get("annotations", pl.Null)
+    overall = _number(item("overall_score"), fields.get("overall_score", pl.Null()))
+    annotations = fields.get("annotations", pl.Null())
     if overall is None or not isinstance(annotations, pl.Struct | pl.Null):
         return lf.select("_line").clear()
     aspects = annotations.to_schema() if isinstance(annotations, pl.Struct) else {}
@@ -604,24 +604,14 @@ def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         pl.col("completions").alias("_c"),
         (prompt.is_not_null() & _plain_text(prompt) & (_strip(prompt) != "")).alias("_row_ok"),
     ]
-    if "_text" in schema:  # keys counted in the text against the values decoded, per row
-        found = {
-            "overall_score": item("overall_score").is_not_null(),
-            "annotations": item("annotations").is_not_null(),
-            **{name: item("annotations").struct.field(name).is_not_null() for name in aspects},
-            "Rating": pl.sum_horizontal(
-                item("annotations").struct.field(name).struct.field("Rating").is_not_null()
-                for name in aspects
-            ),
-        }
-        lf, counts = _key_counts(lf, ["response", *found])
+    if "_text" in schema:
+        lf, counts, counts_agree = _uf_keys_once(lf, list(aspects))
         row_columns += counts
-        checks += [
-            pl.col("_n_response") == pl.len().over("_line"),
-            pl.col("_n_response_string") == pl.len().over("_line"),
-            *(pl.col(f"_n_{key}") == count.sum().over("_line") for key, count in found.items()),
-        ]
-    given_ratings = pl.sum_horizontal(value.is_not_null() for value in values)
+        checks += counts_agree
+    mean = pl.lit(None, dtype=pl.Float64)
+    if values:
+        given_ratings = pl.sum_horizontal(value.is_not_null() for value in values)
+        mean = pl.when(given_ratings > 0).then(pl.sum_horizontal(values) / given_ratings)
     whole = [
         value.is_null() | ((value.round() == value) & (value.abs() < _EXACT)) for value in values
     ]
@@ -634,15 +624,37 @@ def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
             content.alias("_content"),
             overall[0].alias("_overall"),
             *(value.alias(f"_aspect_{name}") for name, value in zip(aspects, values, strict=True)),
-            pl.when(given_ratings > 0)
-            .then(pl.sum_horizontal(values) / given_ratings if values else None)
-            .cast(pl.Float64)
-            .alias("_mean"),
+            mean.cast(pl.Float64).alias("_mean"),
             pl.all_horizontal(whole or [pl.lit(value=True)]).alias("_integral"),
             (pl.col("_row_ok") & pl.all_horizontal(checks)).fill_null(value=False).alias("_ok"),
         )
         .with_columns(pl.col("_integral", "_ok").all().over("_line"))
     )
+
+
+def _uf_keys_once(
+    lf: pl.LazyFrame, aspects: list[str]
+) -> tuple[pl.LazyFrame, list[pl.Expr], list[pl.Expr]]:
+    """JSON Lines: `lf` with the key matches, the row's key counts, and per completion the
+    checks that each key the parse reads occurs in the line as often as Polars decoded a value
+    for it (`response` always with a string)."""
+    item = pl.col("_c").struct.field
+    annotation = item("annotations").struct.field
+    found = {
+        "overall_score": item("overall_score").is_not_null(),
+        "annotations": item("annotations").is_not_null(),
+        **{name: annotation(name).is_not_null() for name in aspects},
+        "Rating": pl.sum_horizontal(
+            annotation(name).struct.field("Rating").is_not_null() for name in aspects
+        ),
+    }
+    lf, counts = _key_counts(lf, ["response", *found])
+    checks = [
+        pl.col("_n_response") == pl.len().over("_line"),
+        pl.col("_n_response_string") == pl.len().over("_line"),
+        *(pl.col(f"_n_{key}") == count.sum().over("_line") for key, count in found.items()),
+    ]
+    return lf, counts, checks
 
 
 def _plain_text(text: pl.Expr) -> pl.Expr:

@@ -359,3 +359,33 @@ def test_parquet_column_types_as_python_reads_them(tmp_path, monkeypatch, rating
     # rows with a null completion or response are rejected per row; booleans are no scores
     here = converted_here(path, options({"score_source": "overall"}))
     assert here == 0 if overall == pl.Boolean or odd else here >= 10
+
+
+@pytest.mark.parametrize(
+    "shape", ["no annotations", "null annotations", "no overall_score", "string aspect"]
+)
+def test_parquet_and_jsonl_shapes_with_parts_missing(tmp_path, monkeypatch, shape):
+    rows = realistic_rows(12, seed=2)
+    for row in rows:
+        for completion in row["completions"]:
+            if shape == "no annotations":
+                del completion["annotations"]
+            elif shape == "null annotations":
+                completion["annotations"] = None
+            elif shape == "no overall_score":
+                del completion["overall_score"]
+            else:
+                completion["annotations"]["honesty"] = "5"
+    jsonl_path = write_jsonl(tmp_path / "uf.jsonl", rows)
+    parquet = tmp_path / "uf.parquet"
+    pl.DataFrame(rows).write_parquet(parquet)
+    for path, knobs in itertools.product((jsonl_path, parquet), OPTIONS[::3]):
+        fast = convert_files([path], options(knobs))
+        assert_same(fast, per_row([path], options(knobs), monkeypatch))
+    source = "mean_aspects" if shape == "no overall_score" else "overall"
+    for path in (jsonl_path, parquet):
+        fast = convert_files([path], options({"score_source": source}))
+        here = converted_here(path, options({"score_source": source}))
+        # JSON Lines: an aspect "5" fails the decode, an explicit null might hide a repeat
+        odd_json = shape in ("string aspect", "null annotations") and path == jsonl_path
+        assert here == (0 if odd_json else fast.pairs.height)
