@@ -76,6 +76,8 @@ def test_the_ranked_test_row_and_realistic_rows_under_every_option(tmp_path, mon
             fast = convert_files([file], options(knobs))
             assert_same(fast, per_row([file], options(knobs), monkeypatch))
         if knobs["score_source"] in (None, "overall", "mean_aspects"):
+            both = convert_files([path, parquet], options(knobs))
+            assert_same(both, per_row([path, parquet], options(knobs), monkeypatch))
             # every converted row took the fast path, on both file kinds
             assert converted_here(path, options(knobs)) == fast.pairs.height > 0
             assert converted_here(parquet, options(knobs)) == fast.pairs.height
