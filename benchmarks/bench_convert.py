@@ -3,7 +3,10 @@
 Inputs (written to a temporary folder, removed at the end):
 - `hh_rlhf` JSONL: the repository's HH-RLHF harmless-base test file, repeated to `--rows`;
 - `trl_preference` Parquet: `bench_data.synthetic_pairs` as conversational message lists;
-- `trl_preference` JSONL: the same pairs with string prompt, chosen and rejected.
+- `trl_preference` JSONL: the same pairs with string prompt, chosen and rejected;
+- `ultrafeedback` JSONL and Parquet: `synthetic_ultrafeedback`, rows shaped like
+  OpenBMB/UltraFeedback (default ranked options: overall score, one random lower answer), a
+  quarter as many rows: each is ~12 KB, eight times an HH row.
 
 Each input goes through `convert_files` (vectorised where it can) and through the per-row
 converter (the vectorised path switched off) on the first `--per-row-rows` rows; the two
@@ -28,10 +31,12 @@ from importlib.metadata import version
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import polars as pl
 
-from benchmarks.bench_data import synthetic_pairs
+from benchmarks.bench_data import _sentences, synthetic_pairs
 from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized
+from orpo_pipeline.formats.ranked import UF_ASPECTS
 from orpo_pipeline.stages.base import ROW
 
 OUTPUT = Path("runs/bench/convert.json")
@@ -59,6 +64,68 @@ def write_inputs(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
         "hh_rlhf JSONL": ("hh_rlhf", hh),
         "trl_preference Parquet (messages)": ("trl_preference", trl),
         "trl_preference JSONL (strings)": ("trl_preference", trl_jsonl),
+    }
+
+
+def synthetic_ultrafeedback(rows: int, *, seed: int = 2) -> pl.DataFrame:
+    """Rows shaped like OpenBMB/UltraFeedback: `source`, an instruction of ~300 characters,
+    `models`, and 4 completions, each with `model`, `principle`, `custom_system_prompt`, a
+    response of ~1,000 characters, a critique, `overall_score` (1-10 in halves) and
+    `fine-grained_score`, and annotations on the 4 aspects: `Rating` '1'-'5' ('N/A' 2 %) with a
+    rationale (truthfulness and helpfulness also `Type` and `Rationale For Rating`). 1 % of
+    responses repeat another of the row; ties occur as in the real data."""
+    rng = np.random.default_rng(seed)
+    pool = pl.Series(_sentences(rng, 20_000))
+
+    def text(sentences: int, length: int) -> pl.Expr:
+        parts = [pool.gather(rng.integers(0, len(pool), rows)) for _ in range(sentences)]
+        return pl.concat_str([pl.lit(part) for part in parts], separator=" ").str.slice(0, length)
+
+    def rating() -> pl.Expr:
+        values = rng.integers(1, 6, rows).astype(str)
+        return pl.lit(pl.Series(np.where(rng.uniform(0, 1, rows) < 0.02, "N/A", values)))
+
+    def annotation(name: str) -> pl.Expr:
+        fields = {"Rating": rating(), "Rationale": text(3, 200)}
+        if name in ("truthfulness", "helpfulness"):
+            fields |= {"Rationale For Rating": text(2, 150), "Type": pl.lit(["1", "3"])}
+        return pl.struct(**fields)
+
+    def completion(index: int) -> pl.Expr:
+        response = text(16, 1000)
+        if index == 3:  # 1 % repeat the first response
+            repeat = pl.lit(pl.Series(rng.uniform(0, 1, rows) < 0.01))
+            response = pl.when(repeat).then(pl.col("_first")).otherwise(response)
+        return pl.struct(
+            model=pl.lit(f"model-{index}"),
+            principle=pl.lit("helpfulness"),
+            custom_system_prompt=text(2, 120),
+            response=response,
+            critique=text(5, 400),
+            overall_score=pl.lit(pl.Series(rng.integers(2, 21, rows) / 2)),
+            **{"fine-grained_score": pl.lit(pl.Series(rng.integers(4, 21, rows) / 4))},
+            annotations=pl.struct(**{name: annotation(name) for name in UF_ASPECTS}),
+        )
+
+    first = pl.DataFrame({"_first": pl.select(text(16, 1000)).to_series()})
+    return first.select(
+        source=pl.lit("evol_instruct"),
+        instruction=text(5, 300),
+        models=pl.lit([f"model-{index}" for index in range(4)]),
+        completions=pl.concat_list([completion(index) for index in range(4)]),
+        correct_answers=pl.lit(["None"]),
+    )
+
+
+def write_ultrafeedback(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
+    """label -> (format, path) of the UltraFeedback inputs, JSONL and Parquet, `rows` each."""
+    frame = synthetic_ultrafeedback(max(rows, 1))
+    jsonl, parquet = directory / "uf.jsonl", directory / "uf.parquet"
+    frame.write_ndjson(jsonl)
+    frame.write_parquet(parquet)
+    return {
+        "ultrafeedback JSONL": ("ultrafeedback", jsonl),
+        "ultrafeedback Parquet": ("ultrafeedback", parquet),
     }
 
 
@@ -100,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = 50_000 if args.quick else args.rows
     per_row_rows = min(rows, 10_000 if args.quick else args.per_row_rows)
     print(
-        f"bench_convert: 3 inputs of {rows:,} rows, vectorised and per-row ({per_row_rows:,} "
-        f"rows), {args.repeats} repeats; about {args.repeats * 12 * rows // 200_000 + 10} s",
+        f"bench_convert: 3 inputs of {rows:,} rows and 2 UltraFeedback ones of {rows // 4:,}, "
+        f"vectorised and per-row ({per_row_rows:,} "
+        f"rows), {args.repeats} repeats; about {args.repeats * 40 * rows // 200_000 + 50} s",
         flush=True,
     )
     result: dict = {
@@ -118,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        for label, (name, path) in write_inputs(directory, rows).items():
+        inputs = write_inputs(directory, rows)
+        inputs |= write_ultrafeedback(directory, rows // 4)
+        for label, (name, path) in inputs.items():
             head = _head(path, per_row_rows, directory)
             runs: dict[str, list[tuple[float, float, int]]] = {"vectorised": [], "per_row": []}
             for _ in range(args.repeats):

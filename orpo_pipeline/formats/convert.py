@@ -452,15 +452,16 @@ class _Collector:
             self._flush()
 
     def add_frame(self, file: str, pairs: pl.DataFrame | None) -> int:
-        """Append pairs made elsewhere from rows of `file`, one per converted row; return where
-        they start."""
+        """Append pairs made elsewhere from rows of `file` (a ranked row gives several); return
+        where they start."""
         self._flush()
         start = len(self._frames)
         if pairs is not None and pairs.height:
+            rows = pairs["_line"].n_unique()
             self._frames.append(pairs)
-            self.rows_in += pairs.height
-            self.rows_by_file[file] += pairs.height
-            self.rows_converted += pairs.height
+            self.rows_in += rows
+            self.rows_by_file[file] += rows
+            self.rows_converted += rows
         return start
 
     def sort_frames(self, start: int) -> None:

@@ -248,13 +248,13 @@ def ranked_pairs(record: RankedRecord, options: ConvertOptions) -> list[Pair]:
         detail = "fewer than two distinct non-empty answers"
         raise RowError(reason="too_few_completions", detail=detail)
     prompt = [message.model_dump() for message in record.prompt]
-    rng = prompt_rng(prompt, options.seed)
+    scores = [candidate.score for candidate in candidates]
     pairs = [
-        Pair(prompt, chosen.text, rejected.text, chosen.score, rejected.score)
-        for chosen, rejected in _choose(candidates, options, rng)
+        Pair(prompt, candidates[i].text, candidates[j].text, scores[i], scores[j])
+        for i, j in choose_pairs(prompt, scores, options)
     ]
     if not pairs:
-        if len({candidate.score for candidate in candidates}) == 1:
+        if len(set(scores)) == 1:
             detail = f"all {len(candidates)} answers score {candidates[0].score:g}"
             raise RowError(reason="tie", detail=detail)
         detail = f"no answer scores at least {options.min_margin:g} below the best"
@@ -262,38 +262,41 @@ def ranked_pairs(record: RankedRecord, options: ConvertOptions) -> list[Pair]:
     return pairs
 
 
-def _choose(
-    candidates: list[Scored], options: ConvertOptions, rng: random.Random
-) -> list[tuple[Scored, Scored]]:
-    def beats(better: Scored, worse: Scored) -> bool:
-        gap = better.score - worse.score
+def choose_pairs(
+    prompt: list[MessageDict], scores: list[float], options: ConvertOptions
+) -> list[tuple[int, int]]:
+    """(chosen, rejected) positions in `scores`, the scores of one prompt's distinct candidate
+    answers, in source order. Random choices draw from the prompt's generator (`prompt_rng`).
+
+    Both converters call this: the per-row one from `ranked_pairs`, the vectorised one with
+    the candidates it extracted with Polars.
+    """
+
+    def beats(better: int, worse: int) -> bool:
+        gap = scores[better] - scores[worse]
         if options.ties == "keep":
             return gap >= options.min_margin
         return gap > 0 and gap >= options.min_margin
 
     if options.rejected == "all_pairs":
+        # A tied couple kept under ties='keep' is emitted once, in source order.
         return [
             (first, second)
-            for first, second in permutations(candidates, 2)
-            if beats(first, second)
-            and (first.score > second.score or _before(first, second, candidates))
+            for first, second in permutations(range(len(scores)), 2)
+            if beats(first, second) and (scores[first] > scores[second] or first < second)
         ]
-    best_score = max(candidate.score for candidate in candidates)
-    chosen = rng.choice([candidate for candidate in candidates if candidate.score == best_score])
-    lower = [c for c in candidates if c is not chosen and beats(chosen, c)]
+    rng = prompt_rng(prompt, options.seed)
+    best = max(scores)
+    chosen = rng.choice([index for index, score in enumerate(scores) if score == best])
+    lower = [index for index in range(len(scores)) if index != chosen and beats(chosen, index)]
     if not lower:
         return []
     if options.rejected == "all_lower":
         return [(chosen, rejected) for rejected in lower]
     if options.rejected == "worst":
-        worst_score = min(candidate.score for candidate in lower)
-        lower = [candidate for candidate in lower if candidate.score == worst_score]
+        worst = min(scores[index] for index in lower)
+        lower = [index for index in lower if scores[index] == worst]
     return [(chosen, rng.choice(lower))]
-
-
-def _before(first: Scored, second: Scored, candidates: list[Scored]) -> bool:
-    """For tied answers kept under `ties='keep'`: emit each tied couple once, in source order."""
-    return candidates.index(first) < candidates.index(second)
 
 
 def prompt_rng(prompt: list[MessageDict], seed: int) -> random.Random:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import SCORE_FIELDS
+from orpo_pipeline.formats.ranked import UF_ASPECTS, choose_pairs
 from orpo_pipeline.formats.readers import (
     MAX_NESTING,
     BlankLine,
@@ -57,6 +58,8 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
     build = _BUILDERS.get(name)
     if build is None or options.mapping is not None or options.salvage:
         return None
+    if name in _RANKED:
+        build = _ranked(build, options)
     split = options.role_markers == "split"
     kind = input_kind(path)
     if kind == "parquet":
@@ -73,7 +76,9 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
     parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
-    pairs = _without_markers(pl.concat(parts, how="diagonal_relaxed").sort("_line"), split=split)
+    pairs = _without_markers(
+        pl.concat(parts, how="diagonal_relaxed").sort("_line", maintain_order=True), split=split
+    )
     is_row = _is_row(pl.col("_text"))
     rest = _rest_lines(lines.filter(is_row)["_line"], pairs)
     texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
@@ -137,9 +142,17 @@ _TRL_STRINGS = {
     **{name: pl.Float64 for names in SCORE_FIELDS.values() for name in names},
 }
 _TRL_LISTS = {**_TRL_STRINGS, "chosen": pl.List(MESSAGE), "rejected": pl.List(MESSAGE)}
+_UF_COMPLETION = pl.Struct(
+    {
+        "response": pl.String,
+        "overall_score": pl.String,  # a number is decoded as its text, parsed as `rows.number`
+        "annotations": pl.Struct({name: pl.Struct({"Rating": pl.String}) for name in UF_ASPECTS}),
+    }
+)
 _FIELDS = {
     "hh_rlhf": [{"chosen": pl.String, "rejected": pl.String}],
     "trl_preference": [_TRL_STRINGS, _TRL_LISTS, {**_TRL_LISTS, "prompt": pl.List(MESSAGE)}],
+    "ultrafeedback": [{"instruction": pl.String, "completions": pl.List(_UF_COMPLETION)}],
 }
 """Per format, the layouts decoded from JSON Lines; a line is decoded with the one it fits."""
 
@@ -164,6 +177,8 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
         for key in ("role", "content"):
             keys = text.str.count_matches(f'"{key}"' + r"\s*:")
             checks.append(keys == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
+    if name == "ultrafeedback":  # aspects as [{Rating}] lists go per row
+        checks.append(~text.str.contains(_UF_LISTED_ASPECT))
     safe = lines.filter(pl.all_horizontal(checks))
     escaped = safe.filter(text.str.contains("\\u", literal=True)).filter(
         text.str.contains(_ESCAPED_KEY)
@@ -204,17 +219,18 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
 
 
 def _decode_rows(lines: pl.DataFrame, dtype: pl.Struct) -> pl.DataFrame:
-    """`_line` and the decoded fields of the lines that decode; halves a failing batch until
-    the bad lines are found (they go to the per-row reader)."""
+    """`_line`, `_text` and the decoded fields of the lines that decode; halves a failing batch
+    until the bad lines are found (they go to the per-row reader)."""
+    empty = pl.DataFrame(schema={"_line": pl.UInt32, "_text": pl.String, **dtype.to_schema()})
     if not lines.height:
-        return pl.DataFrame(schema={"_line": pl.UInt32, **dtype.to_schema()})
+        return empty
     try:
-        return lines.select("_line", pl.col("_text").str.json_decode(dtype).alias("_v")).unnest(
-            "_v"
-        )
+        return lines.select(
+            "_line", "_text", pl.col("_text").str.json_decode(dtype).alias("_v")
+        ).unnest("_v")
     except pl.exceptions.PolarsError:
         if lines.height == 1:
-            return pl.DataFrame(schema={"_line": pl.UInt32, **dtype.to_schema()})
+            return empty
         half = lines.height // 2
         return pl.concat(
             [_decode_rows(lines.head(half), dtype), _decode_rows(lines.slice(half), dtype)]
@@ -483,10 +499,239 @@ def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     return _checked(pl.concat([answers, conversations]))
 
 
+# ---------------------------------------------------------------------------------------------
+# UltraFeedback: completions as candidates, paired by `ranked.choose_pairs`
+
+_UF_LISTED_ASPECT = '"(' + "|".join(UF_ASPECTS) + r')"\s*:\s*\['
+"""An aspect annotated as a one-element list: JSON Lines rows with one go per row."""
+_NUMBER = r"^-?(0|[1-9][0-9]{0,14})(\.[0-9]{1,17})?$"
+"""Numeric strings Python's `float` and Polars parse alike (others go per row)."""
+
+
+def _number(value: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """`rows.number` of a column as (value, ok): ok is False where the row must go per row
+    (a string only Python would parse, a '-0' that JSON may have written as an integer); None
+    for a column type this path does not take."""
+    if dtype in (pl.Null, pl.Boolean):
+        return pl.lit(None, dtype=pl.Float64), pl.lit(value=True)
+    if dtype.is_float():
+        return value.cast(pl.Float64).fill_nan(None), pl.lit(value=True)
+    if dtype.is_integer():
+        return value.cast(pl.Float64), pl.lit(value=True)
+    if dtype != pl.String:
+        return None
+    parsed = pl.when(value.str.contains(_NUMBER)).then(value.cast(pl.Float64, strict=False))
+    negative_zero = (parsed == 0) & value.str.starts_with("-")
+    ok = value.is_null() | (value == "N/A") | (parsed.is_not_null() & ~negative_zero)
+    return parsed, ok
+
+
+def _uf_rating(annotation: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr] | None:
+    """`ranked._rating` of one aspect's annotation ({Rating} or [{Rating}]), as `_number`."""
+    if isinstance(dtype, pl.List):
+        annotation, dtype = annotation.list.first(), dtype.inner
+    if not isinstance(dtype, pl.Struct):
+        return pl.lit(None, dtype=pl.Float64), pl.lit(value=True)  # not an object: no rating
+    fields = dtype.to_schema()
+    if "Rating" not in fields:
+        return pl.lit(None, dtype=pl.Float64), pl.lit(value=True)
+    return _number(annotation.struct.field("Rating"), fields["Rating"])
+
+
+def _key_counts(lf: pl.LazyFrame, keys: list[str]) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+    """`lf` with the matches of `keys` in `_text`, and the columns `_n_<key>` (how often each
+    key occurs in the JSON line) and `_n_response_string` (how often `response` holds a
+    string). In valid JSON a quote inside a string is escaped, so `"key":` after `{` or `,` is
+    always a key. One regex pass over the text."""
+    pattern = r'[{,]\s*"(?:' + "|".join(keys) + r')"\s*:\s*"?'
+    found = pl.col("_keys")
+    counts = [
+        found.list.eval(pl.element().str.contains(f'"{key}"', literal=True))
+        .list.sum()
+        .alias(f"_n_{key}")
+        for key in keys
+    ]
+    string_response = found.list.eval(
+        pl.element().str.contains('"response"', literal=True) & pl.element().str.ends_with('"')
+    ).list.sum()
+    lf = lf.with_columns(pl.col("_text").str.extract_all(pattern).alias("_keys"))
+    return lf, [*counts, string_response.alias("_n_response_string")]
+
+
+_EXACT = 2.0**50
+"""Whole ratings below this sum exactly in any order (Python sums them in key order)."""
+
+
+def _ultrafeedback(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """Candidates: one row per completion with `_line`, `_prompt` (the instruction),
+    `_content`, `_overall`, `_mean` (of the ratings given), one `_aspect_<name>` column per
+    aspect, `_integral` (every rating of the row whole, so any summing order gives `_mean`) and
+    `_ok` (the whole row parses here as `ranked.parse_ultrafeedback` parses it, and its prompt
+    passes `check_prompt`).
+
+    In JSON Lines (`_text`), each key the parse reads must occur as often as Polars decoded
+    it: Python keeps a repeated key's last value where Polars keeps the first.
+    """
+    completions = schema.get("completions")
+    if (
+        schema.get("instruction") != pl.String
+        or not isinstance(completions, pl.List)
+        or not isinstance(completions.inner, pl.Struct)
+        or completions.inner.to_schema().get("response") != pl.String
+    ):
+        return lf.select("_line").clear()
+    fields = completions.inner.to_schema()
+    item = pl.col("_c").struct.field
+    overall = _number(item("overall_score"), fields.get("overall_score", pl.Null()))
+    annotations = fields.get("annotations", pl.Null())
+    if overall is None or not isinstance(annotations, pl.Struct | pl.Null):
+        return lf.select("_line").clear()
+    aspects = annotations.to_schema() if isinstance(annotations, pl.Struct) else {}
+    ratings = {
+        name: _uf_rating(item("annotations").struct.field(name), dtype)
+        for name, dtype in aspects.items()
+    }
+    if any(rating is None for rating in ratings.values()):
+        return lf.select("_line").clear()
+    values = [rating[0] for rating in ratings.values()]
+    content = item("response")
+    checks = [content.is_not_null(), _plain_text(content), overall[1]]
+    checks += [rating[1] for rating in ratings.values()]
+    prompt = pl.col("instruction")
+    row_columns = [
+        "_line",
+        prompt.alias("_prompt"),
+        pl.col("completions").alias("_c"),
+        (prompt.is_not_null() & _plain_text(prompt) & (_strip(prompt) != "")).alias("_row_ok"),
+    ]
+    if "_text" in schema:
+        lf, counts, counts_agree = _uf_keys_once(lf, list(aspects))
+        row_columns += counts
+        checks += counts_agree
+    mean = pl.lit(None, dtype=pl.Float64)
+    if values:
+        given_ratings = pl.sum_horizontal(value.is_not_null() for value in values)
+        mean = pl.when(given_ratings > 0).then(pl.sum_horizontal(values) / given_ratings)
+    whole = [
+        value.is_null() | ((value.round() == value) & (value.abs() < _EXACT)) for value in values
+    ]
+    return (
+        lf.select(row_columns)
+        .explode("_c")
+        .select(
+            "_line",
+            "_prompt",
+            content.alias("_content"),
+            overall[0].alias("_overall"),
+            *(value.alias(f"_aspect_{name}") for name, value in zip(aspects, values, strict=True)),
+            mean.cast(pl.Float64).alias("_mean"),
+            pl.all_horizontal(whole or [pl.lit(value=True)]).alias("_integral"),
+            (pl.col("_row_ok") & pl.all_horizontal(checks)).fill_null(value=False).alias("_ok"),
+        )
+        .with_columns(pl.col("_integral", "_ok").all().over("_line"))
+    )
+
+
+def _uf_keys_once(
+    lf: pl.LazyFrame, aspects: list[str]
+) -> tuple[pl.LazyFrame, list[pl.Expr], list[pl.Expr]]:
+    """JSON Lines: `lf` with the key matches, the row's key counts, and per completion the
+    checks that each key the parse reads occurs in the line as often as Polars decoded a value
+    for it (`response` always with a string)."""
+    item = pl.col("_c").struct.field
+    annotation = item("annotations").struct.field
+    found = {
+        "overall_score": item("overall_score").is_not_null(),
+        "annotations": item("annotations").is_not_null(),
+        **{name: annotation(name).is_not_null() for name in aspects},
+        "Rating": pl.sum_horizontal(
+            annotation(name).struct.field("Rating").is_not_null() for name in aspects
+        ),
+    }
+    lf, counts = _key_counts(lf, ["response", *found])
+    checks = [
+        pl.col("_n_response") == pl.len().over("_line"),
+        pl.col("_n_response_string") == pl.len().over("_line"),
+        *(pl.col(f"_n_{key}") == count.sum().over("_line") for key, count in found.items()),
+    ]
+    return lf, counts, checks
+
+
+def _plain_text(text: pl.Expr) -> pl.Expr:
+    """Text both converters treat alike and that no role label starts (with
+    `role_markers='split'` the per-row converter would strip it)."""
+    return _safe_text(text) & ~text.str.contains(_LEADING_LABEL)
+
+
+def _ranked(
+    build: Callable[[pl.LazyFrame, pl.Schema], pl.LazyFrame], options: ConvertOptions
+) -> Callable[[pl.LazyFrame, pl.Schema], pl.LazyFrame]:
+    """A candidates builder turned into a pairs builder for `options`."""
+    return lambda lf, schema: _ranked_pairs(build(lf, schema).collect(), options).lazy()
+
+
+def _ranked_pairs(candidates: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
+    """Pairs of the candidates' rows, as `ranked.ranked_pairs` makes them: scored by the
+    options' source, blank, unscored and repeated answers left out, then `choose_pairs` (the
+    same function the per-row converter calls) per prompt. Rows with fewer than two candidates
+    or no pair are left out: the per-row converter rejects them with its reason."""
+    if "_ok" not in candidates.columns or not candidates.height:
+        return candidates.select("_line").clear()
+    source = options.score_source or "overall"  # no UltraFeedback row has a rank
+    aspect = f"_aspect_{options.aspect}"
+    score = {
+        "overall": pl.col("_overall"),
+        # a row with a fractional rating is summed in its own key order: per row
+        "mean_aspects": pl.when(pl.col("_integral")).then(pl.col("_mean")),
+        "aspect": pl.col(aspect) if aspect in candidates.columns else None,
+    }.get(source)
+    if score is None:
+        return candidates.select("_line").clear()  # no row has such scores: all rejected
+    text = _strip(pl.col("_content"))
+    kept = (
+        candidates.filter(pl.col("_ok"))
+        .select("_line", "_prompt", text.alias("_text"), score.alias("_score"))
+        .filter(pl.col("_score").is_not_null() & (pl.col("_text") != ""))
+        .filter(pl.col("_text").is_first_distinct().over("_line"))
+        .filter(pl.len().over("_line") >= 2)
+    )
+    if not kept.height:
+        return candidates.select("_line").clear()
+    lines = kept["_line"].to_numpy().astype(np.int64)
+    starts = np.flatnonzero(np.diff(lines, prepend=-1))
+    ends = [*starts[1:].tolist(), len(lines)]
+    prompts = kept["_prompt"].gather(starts).to_list()
+    scores = kept["_score"].to_list()
+    chosen: list[int] = []
+    rejected: list[int] = []
+    for prompt, start, end in zip(prompts, starts.tolist(), ends, strict=True):
+        for first, second in choose_pairs(
+            [{"role": "user", "content": prompt}], scores[start:end], options
+        ):
+            chosen.append(start + first)
+            rejected.append(start + second)
+    picked = {side: kept[index] for side, index in (("c", chosen), ("r", rejected))}
+    return pl.DataFrame(
+        {
+            "_line": picked["c"]["_line"],
+            "prompt": picked["c"]
+            .select(pl.concat_list(pl.struct(role=pl.lit("user"), content=pl.col("_prompt"))))
+            .to_series(),
+            "_chosen": picked["c"]["_text"],
+            "_rejected": picked["r"]["_text"],
+            "score_chosen": picked["c"]["_score"],
+            "score_rejected": picked["r"]["_score"],
+        }
+    )
+
+
 _BUILDERS: dict[str, Callable[[pl.LazyFrame, pl.Schema], pl.LazyFrame]] = {
     "hh_rlhf": _hh_rlhf,
     "trl_preference": _trl_preference,
+    "ultrafeedback": _ultrafeedback,
 }
+_RANKED = {"ultrafeedback"}
+"""Builders that give candidates, one row per completion, to pair under the options."""
 
 
 # ---------------------------------------------------------------------------------------------
