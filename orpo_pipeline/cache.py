@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import polars as pl
 from pydantic import BaseModel
@@ -18,9 +18,7 @@ from orpo_pipeline.errors import OrpoPipelineError
 from orpo_pipeline.io import atomic_path, polars_io_errors
 
 COMPLETE = "COMPLETE"
-SHARD_COMPRESSION = "lz4"
-"""Stage shards are read back once or twice and then dropped: LZ4 writes them 2.5x faster
-than zstd and reads them 2x faster, for files about 1.8x larger."""
+Compression = Literal["lz4", "uncompressed"]
 PACKAGE = "orpo_pipeline"
 
 
@@ -99,7 +97,9 @@ def finished_shard(directory: Path, index: int) -> dict | None:
         return None
 
 
-def write_shard(directory: Path, index: int, shard: Shard, **info: object) -> dict:
+def write_shard(
+    directory: Path, index: int, shard: Shard, *, compression: Compression, **info: object
+) -> dict:
     """Write one shard's kept and rejected rows, then its completion marker (datatrove-style).
 
     Each file is written under a temporary name, flushed and renamed, and the marker comes last,
@@ -112,7 +112,7 @@ def write_shard(directory: Path, index: int, shard: Shard, **info: object) -> di
     try:
         for frame, path in ((kept, kept_path), (rejected, rejected_path)):
             with atomic_path(path) as temp, polars_io_errors(path):
-                frame.write_parquet(temp, compression=SHARD_COMPRESSION)
+                frame.write_parquet(temp, compression=compression)
                 _fsync(temp)
         with atomic_path(marker) as temp:
             temp.write_text(json.dumps(record))
@@ -131,8 +131,12 @@ class StageCache:
     renamed into place whole, by the local and the Ray executor alike.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, compression: Compression = "lz4") -> None:
         self.root = root
+        self.compression = compression
+        """How shards are written: LZ4 (2.5x faster to write than zstd, 2x to read, files about
+        1.8x larger) for entries that are kept; a scratch cache, whose shards are read once and
+        dropped, writes them uncompressed (3x faster again)."""
 
     def load(self, key: str) -> StageOutput | None:
         """The cached output, or None when the entry is missing or unreadable.

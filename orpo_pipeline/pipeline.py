@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orpo_pipeline import formats, records
 from orpo_pipeline.cache import (
+    Compression,
     Shard,
     StageCache,
     StageOutput,
@@ -183,13 +184,22 @@ def _split_tagged(tagged: pl.DataFrame) -> Shard:
 # is already complete (a retried task) is not redone.
 
 
-def convert_task(directory: Path, index: int, source: SourceConfig, paths: list[Path]) -> dict:
+def convert_task(
+    directory: Path, index: int, source: SourceConfig, paths: list[Path], compression: Compression
+) -> dict:
     """Convert `paths` into shard `index` of the source's entry; the pairs get `_row` when read."""
     if done := finished_shard(directory, index):
         return done
     result = convert_files(paths, source)
     shard = (result.pairs, result.rejects, result.rows_in)
-    return write_shard(directory, index, shard, format=result.format, first=str(paths[0]))
+    return write_shard(
+        directory,
+        index,
+        shard,
+        compression=compression,
+        format=result.format,
+        first=str(paths[0]),
+    )
 
 
 def _input_slice(window: Slice) -> pl.LazyFrame:
@@ -209,6 +219,7 @@ def stage_task(
     window: Slice,
     stage: BaseModel,
     decided: pl.DataFrame | None,
+    compression: Compression,
 ) -> dict:
     """Run a stage on one slice of its input into shard `index`; a global stage applies the
     decisions made on all keys (`decided`: `_row` and what the stage adds, for this slice)."""
@@ -221,7 +232,7 @@ def stage_task(
         frame = shard.collect()
         assert decided[ROW].equals(frame[ROW])  # both in `_row` order, one row per row
         tagged = frame.join(decided, on=ROW, how="left", maintain_order="left")
-    return write_shard(directory, index, _split_tagged(tagged))
+    return write_shard(directory, index, _split_tagged(tagged), compression=compression)
 
 
 def _pairs_row_by_row(source: SourceConfig) -> bool:
@@ -232,10 +243,13 @@ def _pairs_row_by_row(source: SourceConfig) -> bool:
     return name in FORMATS and FORMATS[name].kind in ROW_PAIRERS
 
 
-def _compute_source(source: SourceConfig, executor: Executor, directory: Path) -> int:
+def _compute_source(
+    source: SourceConfig, executor: Executor, directory: Path, compression: Compression
+) -> int:
     """Convert the inputs: one shard per file when rows pair on their own, else one for all."""
     groups = [[p] for p in source.inputs] if _pairs_row_by_row(source) else [source.inputs]
-    done = executor.map(convert_task, [(directory, i, source, g) for i, g in enumerate(groups)])
+    calls = [(directory, i, source, g, compression) for i, g in enumerate(groups)]
+    done = executor.map(convert_task, calls)
     first = done[0]
     for other in done[1:]:
         if other["format"] != first["format"]:
@@ -248,7 +262,12 @@ def _compute_source(source: SourceConfig, executor: Executor, directory: Path) -
 
 
 def _compute_stage(
-    parent: StageOutput, stage: BaseModel, shard_rows: int, executor: Executor, directory: Path
+    parent: StageOutput,
+    stage: BaseModel,
+    shard_rows: int,
+    executor: Executor,
+    directory: Path,
+    compression: Compression,
 ) -> int:
     """Run a stage slice by slice; a global stage first decides on the keys of all rows."""
     function = STAGES[stage.stage]
@@ -261,7 +280,8 @@ def _compute_stage(
         del keys
         decided = [all_decided.slice(w.start, w.rows) for w in windows]
     calls = [
-        (directory, i, w, stage, d) for i, (w, d) in enumerate(zip(windows, decided, strict=True))
+        (directory, i, w, stage, d, compression)
+        for i, (w, d) in enumerate(zip(windows, decided, strict=True))
     ]
     executor.map(stage_task, calls, parallel=stage.parallel_shards)
     return len(windows)
@@ -311,7 +331,11 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch.", dir=root) as scratch:
-        cache = StageCache(root / "stages" if spec.cache else Path(scratch))
+        cache = (
+            StageCache(root / "stages")
+            if spec.cache
+            else StageCache(Path(scratch), compression="uncompressed")
+        )
         with executor(spec.executor, spec.address) as runner:
             report, inputs = _run_steps(spec, cache, runner, stat_cache=root / "hashes.json")
     write_text(report.model_dump_json(indent=2) + "\n", spec.output_dir / "report.json")
@@ -354,9 +378,11 @@ def _run_steps(
             directory = cache.begin(key)
             try:
                 num_shards = (
-                    _compute_source(spec.source, executor, directory)
+                    _compute_source(spec.source, executor, directory, cache.compression)
                     if previous is None
-                    else _compute_stage(previous, step, spec.shard_rows, executor, directory)
+                    else _compute_stage(
+                        previous, step, spec.shard_rows, executor, directory, cache.compression
+                    )
                 )
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)

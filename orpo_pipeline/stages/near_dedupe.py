@@ -21,6 +21,9 @@ CLUSTER = "_cluster"
 """Column holding the `id` of the pair kept for the row's near-duplicate cluster (null if none)."""
 _CHUNK_ROWS = 16_384
 """Rows signed at a time, which bounds the memory of the shingle arrays."""
+_BLOCK_ROWS = 64
+"""Rows whose shingles go through all permutations in one array (a few MB: it stays in cache;
+twice as fast as one pass over the chunk per permutation)."""
 
 
 class NearDedupeConfig(StageConfig):
@@ -79,11 +82,13 @@ def minhash_signatures(texts: pl.Series, config: NearDedupeConfig) -> np.ndarray
     def sign(begin: int) -> None:
         chunk = texts.slice(begin, _CHUNK_ROWS)
         hashes, starts = shingle_hashes(chunk, size=config.ngram_size, unit=config.unit)
-        permuted = np.empty_like(hashes)
-        for i, (multiplier, mask) in enumerate(zip(multipliers, masks, strict=True)):
-            np.multiply(np.bitwise_xor(hashes, mask, out=permuted), multiplier, out=permuted)
-            least = np.minimum.reduceat(permuted, starts[:-1])
-            signatures[begin : begin + len(chunk), i] = least >> 32
+        for first in range(0, len(chunk), _BLOCK_ROWS):  # every permutation of a block at once
+            last = min(first + _BLOCK_ROWS, len(chunk))
+            block = hashes[starts[first] : starts[last]]
+            permuted = masks[:, None] ^ block[None, :]
+            permuted *= multipliers[:, None]
+            least = np.minimum.reduceat(permuted, starts[first:last] - starts[first], axis=1)
+            signatures[begin + first : begin + last] = (least >> 32).T
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(sign, range(0, len(texts), _CHUNK_ROWS)))
