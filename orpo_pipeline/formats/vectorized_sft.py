@@ -1,0 +1,464 @@
+"""Vectorised conversion of SFT files (Alpaca, ShareGPT, OpenAI messages): Polars over the whole
+file finds each row's target (prompt messages and stripped answer), and the rejected answers of
+`options.negatives` are found for all targets of all files at once (`sft.rejected_answers`).
+
+Rows that Polars cannot vouch for go, in file order, to the per-row parser; their targets join the
+fast ones in the per-row converter's order, so the pairs, ids, rejects and counts do not depend on
+which path a row took (tested row for row against the per-row converter).
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orpo_pipeline.formats.options import ConvertOptions
+from orpo_pipeline.formats.preference import ALPACA_PROMPT_FIELDS
+from orpo_pipeline.formats.readers import (
+    BlankLine,
+    ReadItem,
+    SourceRow,
+    _parse_json_line,
+    input_kind,
+)
+from orpo_pipeline.formats.rows import Pending, RowError
+from orpo_pipeline.formats.sft import (
+    ALPACA_ANSWER_FIELDS,
+    TARGET_SCHEMA,
+    rejected_answers,
+    sft_targets,
+)
+from orpo_pipeline.formats.vectorized import (
+    _LEADING_LABEL,
+    MESSAGE,
+    _decode,
+    _is_row,
+    _json_lines,
+    _mapped,
+    _rest_lines,
+    pair_ids,
+    py_strip,
+)
+from orpo_pipeline.records import PAIR_SCHEMA
+
+SHAREGPT_MESSAGE = pl.Struct({"from": pl.String, "value": pl.String})
+
+
+class FastTargets(NamedTuple):
+    """Targets found here and the rows left for the per-row converter."""
+
+    targets: pl.DataFrame
+    """`_line`, `prompt` and `answer` (stripped) of each row taken here, in file order."""
+    rest: list[ReadItem]
+    """The other rows and the blank lines, in file order."""
+
+
+def fast_targets(path: Path, name: str, options: ConvertOptions) -> FastTargets | None:
+    """The targets of the rows of `path` (format `name`) that Polars can vouch for; None when
+    the format or the file kind has no vectorised path, or when salvaging or mapping."""
+    build = _BUILDERS.get(name)
+    if build is None or options.mapping is not None or options.salvage:
+        return None
+    split = options.role_markers == "split"
+    kind = input_kind(path)
+    if kind == "parquet":
+        try:
+            table = pq.read_table(path)
+            frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+            return None  # the per-row reader reports what is wrong with the file
+        targets = _targets(build(frame.lazy(), frame.schema), split=split)
+        rest = _rest_lines(frame["_line"], targets)
+        values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
+        rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
+        return FastTargets(targets, rows)
+    if kind != "jsonl" or (lines := _json_lines(path)) is None:
+        return None
+    counted = lines.with_columns(_key_counts(name)).filter(_text_checks(name))
+    parts = [build(frame.lazy(), frame.schema) for frame in _decode(counted, name, _LAYOUTS[name])]
+    targets = _targets(pl.concat(parts, how="diagonal_relaxed"), split=split).sort("_line")
+    is_row = _is_row(pl.col("_text"))
+    rest = _rest_lines(lines.filter(is_row)["_line"], targets)
+    texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
+    rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
+    blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
+    return FastTargets(targets, sorted([*rows, *blank], key=lambda r: r.line))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text checks for JSON Lines: what Polars' decoder would read differently from Python's
+
+
+_MESSAGE_KEYS = {"sharegpt": ("from", "value"), "openai_messages": ("role", "content")}
+"""The message keys of each format; each message must have each once, with a string value
+(Polars keeps the first of two equal keys, Python the last)."""
+
+
+def _key_counts(name: str) -> list[pl.Expr]:
+    """`_n_<key>`: how often each message key occurs in the line."""
+    text = pl.col("_text")
+    return [
+        text.str.count_matches(f'"{key}"' + r"\s*:").alias(f"_n_{key}")
+        for key in _MESSAGE_KEYS.get(name, ())
+    ]
+
+
+def _text_checks(name: str) -> pl.Expr:
+    text = pl.col("_text")
+
+    def count(pattern: str) -> pl.Expr:
+        return text.str.count_matches(pattern)
+
+    checks = [
+        pl.col(f"_n_{key}") == count(f'"{key}"' + r'\s*:\s*"')
+        for key in _MESSAGE_KEYS.get(name, ())
+    ]
+    if name == "openai_messages":  # a first message with `from` is read as ShareGPT's
+        checks.append(count(r'"from"\s*:') == 0)
+    if name == "alpaca":  # history turns and self-instruct instances go per row
+        checks.append(count(r'"history"\s*:') == count(r'"history"\s*:\s*(null|\[\s*\])'))
+        checks.append(count(r'"instances"\s*:') == count(r'"instances"\s*:\s*null'))
+    return pl.all_horizontal(checks) if checks else pl.lit(value=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets as expressions
+
+
+def _targets(conversations: pl.LazyFrame, *, split: bool) -> pl.DataFrame:
+    """`_line`, `prompt` and stripped `answer` of the rows whose conversation (`prompt` and the
+    final `_answer`, `_ok`) passes `sft_targets`' checks; with `split`, no text may start with
+    a role label (the per-row converter splits or strips those and counts the changes)."""
+    prompt, answer = pl.col("prompt"), py_strip(pl.col("_answer"))
+    content = pl.element().struct.field("content")
+    ok = (
+        pl.col("_ok")
+        & (prompt.list.len() > 0)
+        & prompt.list.last().struct.field("role").is_in(["user", "tool"])
+        & prompt.list.eval(py_strip(content) != "").list.all()
+        & (answer != "")
+    )
+    if split:
+        ok = ok & ~(
+            prompt.list.eval(content.str.contains(_LEADING_LABEL)).list.any()
+            | pl.col("_answer").str.contains(_LEADING_LABEL)
+        )
+    return (
+        conversations.filter(ok.fill_null(value=False))
+        .select(pl.col("_line").cast(pl.Int64), prompt, answer.alias("answer"))
+        .collect()
+    )
+
+
+def _split(conversation: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(prompt, answer text, ok) of a conversation that must end with an assistant answer."""
+    last = conversation.list.last()
+    ok = (conversation.list.len() >= 2) & (last.struct.field("role") == "assistant")
+    prompt = conversation.list.head(conversation.list.len() - 1)
+    return prompt, last.struct.field("content"), ok
+
+
+def _system_head(system: pl.Expr) -> pl.Expr:
+    """A one-message list with the system text, or an empty list where `system` is null."""
+    return (
+        pl.when(system.is_not_null())
+        .then(pl.concat_list(pl.struct(role=pl.lit("system"), content=system)))
+        .otherwise(pl.lit([], dtype=pl.List(MESSAGE)))
+    )
+
+
+def _columns(schema: pl.Schema, names: tuple[str, ...]) -> list[pl.Expr] | None:
+    """The string columns `names` (null where absent); None if one has another type."""
+    if any(schema.get(n, pl.Null) not in (pl.String, pl.Null) for n in names):
+        return None
+    return [pl.col(n).cast(pl.String) if n in schema else pl.lit(None, pl.String) for n in names]
+
+
+def _none(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return lf.select(
+        "_line",
+        pl.lit([], dtype=pl.List(MESSAGE)).alias("prompt"),
+        pl.lit("", dtype=pl.String).alias("_answer"),
+        pl.lit(value=False).alias("_ok"),
+    ).clear()
+
+
+def _key_counts_match(schema: pl.Schema, name: str, messages: pl.Expr) -> pl.Expr:
+    """JSON Lines: every message has each key once (the counts `_key_counts` made)."""
+    return pl.all_horizontal(
+        [
+            pl.col(f"_n_{key}") == messages.list.len()
+            for key in _MESSAGE_KEYS[name]
+            if f"_n_{key}" in schema
+        ]
+        or [pl.lit(value=True)]
+    )
+
+
+def _alpaca(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """`parse_alpaca` without instances or history: system, instruction (+ input), answer."""
+    prompts = _columns(schema, (*ALPACA_PROMPT_FIELDS, "input", "system"))
+    answers = _columns(schema, ALPACA_ANSWER_FIELDS)
+    if prompts is None or answers is None:
+        return _none(lf)
+    *instructions, extra, system = prompts
+    instruction = pl.coalesce(instructions)
+    text = (
+        pl.when(extra.is_not_null() & (py_strip(extra) != ""))
+        .then(pl.concat_str(instruction, pl.lit("\n"), extra))
+        .otherwise(instruction)
+    )
+    system = pl.when(py_strip(system) != "").then(system)
+    answer = pl.coalesce(answers)
+    ok = instruction.is_not_null() & answer.is_not_null()
+    for optional in ("history", "instances"):  # Parquet; JSON Lines lines are checked as text
+        if optional in schema:
+            empty = schema[optional] == pl.List and optional == "history"
+            column = pl.col(optional)
+            ok = ok & (column.is_null() | (column.list.len() == 0 if empty else pl.lit(False)))
+    user = pl.concat_list(pl.struct(role=pl.lit("user"), content=text))
+    return lf.select(
+        "_line",
+        pl.concat_list(_system_head(system), user).alias("prompt"),
+        answer.alias("_answer"),
+        ok.alias("_ok"),
+    )
+
+
+def _messages_of(schema: pl.Schema, column: str, role: str, content: str) -> pl.Expr | None:
+    """The column's messages with our role names (null where a role is unknown or a field
+    missing); None unless it is a list of objects with string `role` and `content` fields."""
+    dtype = schema.get(column)
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+        return None
+    fields = {f.name: f.dtype for f in dtype.inner.fields}
+    if fields.get(role) != pl.String or fields.get(content) != pl.String:
+        return None
+    if role == "role" and "from" in fields:  # a message with `from` is read as ShareGPT's
+        return None
+    element = pl.element().struct.field
+    return _mapped(
+        pl.col(column).list.eval(pl.struct(role=element(role), content=element(content)))
+    )
+
+
+def _sharegpt(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """`parse_sharegpt`: `conversations[{from, value}]` after a non-empty string `system`."""
+    messages = _messages_of(schema, "conversations", "from", "value")
+    if messages is None:
+        return _none(lf)
+    system = pl.col("system") if schema.get("system") == pl.String else pl.lit(None, pl.String)
+    system = pl.when(system != "").then(system)
+    prompt, answer, ok = _split(pl.concat_list(_system_head(system), messages))
+    counted = _key_counts_match(schema, "sharegpt", pl.col("conversations"))
+    return lf.select(
+        "_line",
+        prompt.alias("prompt"),
+        answer.alias("_answer"),
+        (ok & messages.is_not_null() & counted).alias("_ok"),
+    )
+
+
+def _openai_messages(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
+    """`parse_openai_messages` for string contents."""
+    messages = _messages_of(schema, "messages", "role", "content")
+    if messages is None:
+        return _none(lf)
+    prompt, answer, ok = _split(messages)
+    counted = _key_counts_match(schema, "openai_messages", pl.col("messages"))
+    return lf.select(
+        "_line",
+        prompt.alias("prompt"),
+        answer.alias("_answer"),
+        (ok & messages.is_not_null() & counted).alias("_ok"),
+    )
+
+
+_BUILDERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai_messages": _openai_messages}
+_LAYOUTS = {
+    "alpaca": [
+        dict.fromkeys((*ALPACA_PROMPT_FIELDS, "input", "system", *ALPACA_ANSWER_FIELDS), pl.String)
+    ],
+    "sharegpt": [{"conversations": pl.List(SHAREGPT_MESSAGE), "system": pl.String}],
+    "openai_messages": [{"messages": pl.List(MESSAGE)}],
+}
+"""Per format, the fields decoded from JSON Lines (`vectorized._decode`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs from the targets of every file
+
+
+class FileTargets(NamedTuple):
+    """One file's fast targets, placed among the rows parsed per row."""
+
+    targets: pl.DataFrame
+    """`FastTargets.targets` plus `_slot`: the index in the per-row list it goes before."""
+    path: Path
+    source: str
+
+
+def place(
+    fast: FastTargets, path: Path, source: str, pending: list[Pending], start: int
+) -> "FileTargets":
+    """`fast`'s targets with their place among `pending`, whose items from `start` on are this
+    file's rows parsed per row."""
+    lines = np.array([item.line for item in pending[start:]], dtype=np.int64)
+    slots = start + np.searchsorted(lines, fast.targets["_line"].to_numpy())
+    return FileTargets(
+        fast.targets.with_columns(_slot=pl.Series(slots, dtype=pl.Int64)), path, source
+    )
+
+
+class GroupOutcome(NamedTuple):
+    """What the SFT rows of all files gave, in the per-row converter's order."""
+
+    pairs: pl.DataFrame
+    """PAIR_SCHEMA columns plus `_file` and `_line`."""
+    rejects: list[tuple[str, int, str, str, str, str]]
+    """(file, line, source, reason, detail, raw) of each row without a pair."""
+    rows_converted: int
+
+
+def group_pairs(
+    pending: list[Pending], files: list[FileTargets], options: ConvertOptions
+) -> GroupOutcome:
+    """`sft.sft_pairs` over the rows parsed per row and the fast targets of `files` together."""
+    slow, errors = sft_targets(pending)
+    targets = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "_slot": [t.index for t in slow],
+                    "_fast": False,
+                    "_seq": 0,
+                    "_order": 0,
+                    "_file": [pending[t.index].file for t in slow],
+                    "_line": [pending[t.index].line for t in slow],
+                    "_source": [pending[t.index].source for t in slow],
+                    "prompt": [t.prompt for t in slow],
+                    "answer": [t.answer for t in slow],
+                },
+                schema=_TARGETS,
+            ),
+            *(
+                f.targets.select(
+                    "_slot",
+                    pl.lit(value=True).alias("_fast"),
+                    pl.lit(seq).alias("_seq"),
+                    pl.col("_line").alias("_order"),
+                    pl.lit(str(f.path)).alias("_file"),
+                    "_line",
+                    pl.lit(f.source).alias("_source"),
+                    *TARGET_SCHEMA,
+                ).cast(_TARGETS)
+                for seq, f in enumerate(files)
+            ),
+        ]
+    )
+    # Fast rows go before the per-row item of their slot, in file order then line order; one
+    # item's targets keep their order.
+    keys = ["_slot", "_fast", "_seq", "_order"]
+    targets = targets.sort(keys, descending=[False, True, False, False], maintain_order=True)
+    targets = pl.concat(
+        [targets, rejected_answers(targets.select(*TARGET_SCHEMA), options)], how="horizontal"
+    )
+    good = targets.filter(pl.col("rejected").is_not_null())
+    converted = good.select(keys).unique()
+    label = f"#rejected={options.negatives}"
+    pairs = good.select(
+        pl.col("prompt").cast(PAIR_SCHEMA["prompt"]),
+        *(
+            pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(column)))
+            .cast(PAIR_SCHEMA[side])
+            .alias(side)
+            for side, column in (("chosen", "answer"), ("rejected", "rejected"))
+        ),
+        (pl.col("_source") + label).alias("source"),
+        pl.lit(None, pl.Float64).alias("score_chosen"),
+        pl.lit(None, pl.Float64).alias("score_rejected"),
+        "_file",
+        "_line",
+    ).with_columns(pair_ids())
+    pairs = pairs.select(*PAIR_SCHEMA, "_file", "_line")
+    # Rows without a pair: a per-row target error first, else the first target's reason.
+    bad = targets.join(converted, on=keys, how="anti", maintain_order="left").unique(
+        keys, keep="first", maintain_order=True
+    )
+    rejects = _rejects(pending, bad, errors, converted, files)
+    return GroupOutcome(pairs, rejects, converted.height)
+
+
+_TARGETS = pl.Schema(
+    {
+        "_slot": pl.Int64,
+        "_fast": pl.Boolean,
+        "_seq": pl.Int64,
+        "_order": pl.Int64,
+        "_file": pl.String,
+        "_line": pl.Int64,
+        "_source": pl.String,
+        **TARGET_SCHEMA,
+    }
+)
+
+
+def _rejects(
+    pending: list[Pending],
+    bad: pl.DataFrame,
+    errors: dict[int, RowError],
+    converted: pl.DataFrame,
+    files: list[FileTargets],
+) -> list[tuple[str, int, str, str, str, str]]:
+    """The rejects of the rows without a pair, in order."""
+    paired = set(converted.filter(~pl.col("_fast"))["_slot"].to_list())
+    first = {
+        slot: (reason, detail)
+        for slot, reason, detail in bad.filter(~pl.col("_fast"))
+        .select("_slot", "reason", "detail")
+        .iter_rows()
+    }
+    raws = _fast_raws(bad.filter(pl.col("_fast")), files)
+    found = []
+    for index, item in enumerate(pending):
+        if index not in paired:
+            error = errors.get(index)
+            reason, detail = (error.reason, error.detail) if error else first[index]
+            found.append(
+                ((index, 1, 0, 0), (item.file, item.line, item.source, reason, detail, item.raw))
+            )
+    for slot, seq, order, file, source, reason, detail in (
+        bad.filter(pl.col("_fast"))
+        .select("_slot", "_seq", "_order", "_file", "_source", "reason", "detail")
+        .iter_rows()
+    ):
+        raw = raws[(seq, order)]
+        found.append(((slot, 0, seq, order), (file, order, source, reason, detail, raw)))
+    return [reject for _, reject in sorted(found, key=lambda f: f[0])]
+
+
+def _fast_raws(bad: pl.DataFrame, files: list[FileTargets]) -> dict[tuple[int, int], str]:
+    """The raw text of rejected fast rows, as the per-row reader keeps it (read again)."""
+    from orpo_pipeline.formats.readers import MAX_RAW_CHARS
+
+    raws: dict[tuple[int, int], str] = {}
+    for seq, f in enumerate(files):
+        wanted = bad.filter(pl.col("_seq") == seq)["_order"]
+        if not len(wanted):
+            continue
+        if input_kind(f.path) == "parquet":
+            values = pq.read_table(f.path).take(pa.array(wanted.to_numpy() - 1)).to_pylist()
+            texts = [SourceRow(0, value).raw_text() for value in values]
+        else:
+            lines = _json_lines(f.path)
+            assert lines is not None  # it was read before
+            texts = (
+                lines.filter(pl.col("_line").is_in(wanted.implode()))["_text"]
+                .str.head(MAX_RAW_CHARS)
+                .to_list()
+            )
+        raws.update({(seq, int(n)): t for n, t in zip(wanted, texts, strict=True)})
+    return raws
