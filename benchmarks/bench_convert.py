@@ -3,7 +3,10 @@
 Inputs (written to a temporary folder, removed at the end):
 - `hh_rlhf` JSONL: the repository's HH-RLHF harmless-base test file, repeated to `--rows`;
 - `trl_preference` Parquet: `bench_data.synthetic_pairs` as conversational message lists;
-- `trl_preference` JSONL: the same pairs with string prompt, chosen and rejected.
+- `trl_preference` JSONL: the same pairs with string prompt, chosen and rejected;
+- `alpaca` JSONL: LLaMA-Factory's `alpaca_en_demo.json` (vendored in tests/data), repeated to
+  `--rows` with a row number appended to each instruction (SFT, `negatives='other_prompt'`);
+- `sharegpt` JSONL: FastChat's `dummy_conversation.json`, repeated the same way (first turn).
 
 Each input goes through `convert_files` (vectorised where it can) and through the per-row
 converter (the vectorised path switched off) on the first `--per-row-rows` rows; the two
@@ -31,11 +34,13 @@ from unittest import mock
 import polars as pl
 
 from benchmarks.bench_data import synthetic_pairs
-from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized
+from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized, vectorized_sft
 from orpo_pipeline.stages.base import ROW
 
 OUTPUT = Path("runs/bench/convert.json")
 HH_FILE = Path("data/hh-rlhf-harmless-base/test.jsonl.gz")
+ALPACA_FILE = Path("tests/data/llamafactory-demo-data/alpaca_en_demo.json")
+SHAREGPT_FILE = Path("tests/data/fastchat-dummy-sharegpt/dummy_conversation.json")
 
 
 def write_inputs(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
@@ -59,7 +64,24 @@ def write_inputs(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
         "hh_rlhf JSONL": ("hh_rlhf", hh),
         "trl_preference Parquet (messages)": ("trl_preference", trl),
         "trl_preference JSONL (strings)": ("trl_preference", trl_jsonl),
+        "alpaca JSONL (SFT)": ("alpaca", _sft_jsonl(directory, ALPACA_FILE, rows)),
+        "sharegpt JSONL (SFT)": ("sharegpt", _sft_jsonl(directory, SHAREGPT_FILE, rows)),
     }
+
+
+def _sft_jsonl(directory: Path, source: Path, rows: int) -> Path:
+    """`source`'s records repeated to `rows` lines, each prompt made unique by its number."""
+    records = json.loads(source.read_text(encoding="utf-8"))
+    path = directory / f"{source.stem}.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(rows):
+            record = json.loads(json.dumps(records[i % len(records)]))
+            if "instruction" in record:
+                record["instruction"] += f" (#{i})"
+            else:
+                record["conversations"][0]["value"] += f" (#{i})"
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
 
 
 def _head(path: Path, rows: int, directory: Path) -> Path:
@@ -84,7 +106,10 @@ def _convert(path: Path, name: str, *, vectorised: bool) -> Callable[[], int]:
         options = ConvertOptions(format=name)
         if vectorised:
             return convert_files([path], options).rows_in
-        with mock.patch.object(vectorized, "fast_pairs", return_value=None):
+        with (
+            mock.patch.object(vectorized, "fast_pairs", return_value=None),
+            mock.patch.object(vectorized_sft, "fast_targets", return_value=None),
+        ):
             return convert_files([path], options).rows_in
 
     return run
@@ -100,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = 50_000 if args.quick else args.rows
     per_row_rows = min(rows, 10_000 if args.quick else args.per_row_rows)
     print(
-        f"bench_convert: 3 inputs of {rows:,} rows, vectorised and per-row ({per_row_rows:,} "
-        f"rows), {args.repeats} repeats; about {args.repeats * 12 * rows // 200_000 + 10} s",
+        f"bench_convert: 5 inputs of {rows:,} rows, vectorised and per-row ({per_row_rows:,} "
+        f"rows), {args.repeats} repeats; about {args.repeats * 25 * rows // 200_000 + 15} s",
         flush=True,
     )
     result: dict = {

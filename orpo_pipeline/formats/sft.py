@@ -265,15 +265,17 @@ def rejected_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataF
     )
 
 
-def _found(rejected: pl.Expr, reason: str, detail: pl.Expr | str) -> list[pl.Expr]:
-    """`REJECTED_SCHEMA` columns: `rejected`, and `reason`/`detail` where it is null."""
-    detail = pl.lit(detail) if isinstance(detail, str) else detail
-    missing = rejected.is_null()
-    return [
-        rejected.alias("rejected"),
+def _found(frame: pl.DataFrame, reason: str, detail: pl.Expr | str) -> pl.DataFrame:
+    """`REJECTED_SCHEMA` columns from `frame`'s `rejected`: `reason`/`detail` where it is
+    null (`detail` may use `frame`'s other columns)."""
+    missing = pl.col("rejected").is_null()
+    return frame.select(
+        "rejected",
         pl.when(missing).then(pl.lit(reason)).alias("reason"),
-        pl.when(missing).then(detail).alias("detail"),
-    ]
+        pl.when(missing)
+        .then(pl.lit(detail) if isinstance(detail, str) else detail)
+        .alias("detail"),
+    )
 
 
 _WORD = r"[^\s\x1c-\x1f]+"
@@ -282,17 +284,19 @@ _WORD = r"[^\s\x1c-\x1f]+"
 
 def truncated_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
     """Each answer cut after its first `truncate_fraction` of words (at least one word kept)."""
-    answer = pl.col("answer")
-    words = answer.str.count_matches(_WORD)
-    keep = pl.max_horizontal(
-        pl.lit(1, dtype=pl.Int64),
-        (words.cast(pl.Float64) * options.truncate_fraction).floor().cast(pl.Int64),
+    answer, words, keep = pl.col("answer"), pl.col("_words"), pl.col("_keep")
+    counted = targets.lazy().with_columns(_words=answer.str.count_matches(_WORD))
+    counted = counted.with_columns(
+        _keep=pl.max_horizontal(
+            pl.lit(1, dtype=pl.Int64),
+            (words.cast(pl.Float64) * options.truncate_fraction).floor().cast(pl.Int64),
+        )
     )
     # A stripped answer alternates words and spaces, starting and ending with a word.
     pieces = answer.str.extract_all(f"{PY_SPACE}+|{_WORD}")
     cut = pl.when(keep < words).then(pieces.list.head(2 * keep - 1).list.join(""))
     detail = pl.format("the answer has {} word(s); too short to truncate", words)
-    return targets.select(_found(cut, "answer_too_short", detail))
+    return _found(counted.with_columns(rejected=cut).collect(), "answer_too_short", detail)
 
 
 def other_prompt_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
@@ -346,9 +350,7 @@ def other_prompt_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.D
     placed = cycle.select("position", pl.Series("rejected", found, dtype=pl.String)).sort(
         "position"
     )
-    return placed.select(
-        _found(pl.col("rejected"), "no_other_answer", "no other prompt has a different answer")
-    )
+    return _found(placed, "no_other_answer", "no other prompt has a different answer")
 
 
 CONFIRM_OVER_S = 300.0
