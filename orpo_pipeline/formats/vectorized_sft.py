@@ -7,6 +7,7 @@ fast ones in the per-row converter's order, so the pairs, ids, rejects and count
 which path a row took (tested row for row against the per-row converter).
 """
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,12 +16,17 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orpo_pipeline.errors import DataError
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import ALPACA_PROMPT_FIELDS
 from orpo_pipeline.formats.readers import (
+    _LONE_SURROGATE,
+    MAX_NESTING,
     BlankLine,
     ReadItem,
     SourceRow,
+    _json_records,
+    _may_hold_problems,
     _parse_json_line,
     input_kind,
 )
@@ -75,21 +81,48 @@ def fast_targets(path: Path, name: str, options: ConvertOptions) -> FastTargets 
         values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
         rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
         return FastTargets(targets, rows)
-    if kind != "jsonl" or (lines := _json_lines(path)) is None:
+    items: dict[int, dict] = {}
+    if kind == "json" and (array := _json_array(path)) is not None:
+        lines, items = array
+    elif kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
     counted = lines.with_columns(_key_counts(name)).filter(_text_checks(name))
     parts = [build(frame.lazy(), frame.schema) for frame in _decode(counted, name, _LAYOUTS[name])]
     targets = _targets(pl.concat(parts, how="diagonal_relaxed"), split=split).sort("_line")
     is_row = _is_row(pl.col("_text"))
     rest = _rest_lines(lines.filter(is_row)["_line"], targets)
+    if items:
+        return FastTargets(targets, [SourceRow(int(n), items[n]) for n in rest])
     texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
     rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
     blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
     return FastTargets(targets, sorted([*rows, *blank], key=lambda r: r.line))
 
 
+def _json_array(path: Path) -> tuple[pl.DataFrame, dict[int, dict]] | None:
+    """`_line` and `_text` (the item written again as JSON, as `raw_text` writes it) of each item
+    of a JSON document, and the items by line; None when the per-row reader has something to
+    say about the file or an item (it is read per row then)."""
+    try:
+        text, _, items = _json_records(path)
+    except DataError:
+        return None
+    if not all(isinstance(item, dict) for _, item in items):
+        return None
+    texts = [json.dumps(item, ensure_ascii=False) for _, item in items]
+    if _may_hold_problems(text) and any(
+        t.count("[") + t.count("{") > MAX_NESTING or _LONE_SURROGATE.search(t) for t in texts
+    ):
+        return None
+    lines = pl.DataFrame(
+        {"_line": [line for line, _ in items], "_text": texts},
+        schema={"_line": pl.UInt32, "_text": pl.String},
+    )
+    return lines, dict(items)
+
+
 # ---------------------------------------------------------------------------------------------
-# Text checks for JSON Lines: what Polars' decoder would read differently from Python's
+# Text checks for JSON Lines (and JSON items): what Polars' decoder would read differently
 
 
 _MESSAGE_KEYS = {"sharegpt": ("from", "value"), "openai_messages": ("role", "content")}
@@ -453,7 +486,8 @@ def _fast_raws(bad: pl.DataFrame, files: list[FileTargets]) -> dict[tuple[int, i
             values = pq.read_table(f.path).take(pa.array(wanted.to_numpy() - 1)).to_pylist()
             texts = [SourceRow(0, value).raw_text() for value in values]
         else:
-            lines = _json_lines(f.path)
+            array = _json_array(f.path) if input_kind(f.path) == "json" else None
+            lines = array[0] if array else _json_lines(f.path)
             assert lines is not None  # it was read before
             texts = (
                 lines.filter(pl.col("_line").is_in(wanted.implode()))["_text"]

@@ -69,7 +69,23 @@ def test_the_vendored_sft_files_are_found():
 @pytest.mark.parametrize("path", VENDORED, ids=lambda p: p.name)
 def test_every_vendored_sft_file_row_for_row(path, knobs, monkeypatch):
     options = ConvertOptions(format=detect_format(path), **knobs)
-    assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
+    fast = convert_files([path], options)
+    assert_same(fast, per_row([path], options, monkeypatch))
+    if path.name in FAST_ROWS:
+        assert fast_share([path], options) == FAST_ROWS[path.name]
+
+
+FAST_ROWS = {
+    "train.jsonl": 10,
+    "toy_chat_fine_tuning.jsonl": 4,
+    "alpaca_en_demo.json": 200,
+    "identity.json": 91,
+    "dummy_conversation.json": 500,
+    "glaive_toolcall_en_demo.json": 200,
+    "v1_sft_demo.jsonl": 0,  # text parts ([{"type": "text", ...}]) are read per row
+    "seed_tasks.jsonl": 0,  # self-instruct instances are read per row
+}
+"""Rows of each vendored file the vectorised path takes (the others go per row)."""
 
 
 @pytest.mark.parametrize("knobs", NEGATIVES, ids=lambda k: "-".join(map(str, k.values())))
@@ -85,7 +101,7 @@ def test_several_files_at_once_row_for_row(knobs, monkeypatch):
     options = ConvertOptions(format="alpaca", **knobs)
     fast = convert_files(alpaca, options)
     assert_same(fast, per_row(alpaca, options, monkeypatch))
-    assert fast_share(alpaca, options) == 20
+    assert fast_share(alpaca, options) == 10 + 91 + 10
 
 
 @pytest.fixture(scope="module")
@@ -241,9 +257,11 @@ def test_sft_rows_row_for_row(tmp_path, monkeypatch, case, knobs, role_markers):
     name, rows = case
     rows = rows + rows[:2]  # repeated prompts and answers: the cycle looks further
     half = len(rows) // 2
-    paths = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.json"]
     paths[0].write_text(jsonl(rows[:half]), encoding="utf-8")
-    paths[1].write_text(jsonl(rows[half:]), encoding="utf-8")
+    # A JSON array: items on lines of their own, or (one in three) all on one line.
+    indent = None if len(rows) % 3 == 0 else 1
+    paths[1].write_text(json.dumps(rows[half:], indent=indent), encoding="utf-8")
     options = ConvertOptions(format=name, role_markers=role_markers, **knobs)
     fast = convert_files(paths, options)
     assert_same(fast, per_row(paths, options, monkeypatch))
@@ -288,9 +306,10 @@ def simple_rows(name: str):
 )
 def test_well_formed_rows_take_the_fast_path(tmp_path, monkeypatch, case, knobs):
     name, rows = case
-    path = tmp_path / "a.jsonl"
-    path.write_text(jsonl(rows), encoding="utf-8")
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.json"]
+    paths[0].write_text(jsonl(rows), encoding="utf-8")
+    paths[1].write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
     options = ConvertOptions(format=name, **knobs)
-    fast = convert_files([path], options)
-    assert_same(fast, per_row([path], options, monkeypatch))
-    assert fast_share([path], options) == len(rows)
+    fast = convert_files(paths, options)
+    assert_same(fast, per_row(paths, options, monkeypatch))
+    assert fast_share(paths, options) == 2 * len(rows)
