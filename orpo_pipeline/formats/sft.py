@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import click
 import polars as pl
+import pyarrow as pa
 
 from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.conversation import any_messages, messages, prompt_messages
@@ -198,13 +199,9 @@ def sft_pairs(
 ) -> Iterator[tuple[Pending, list[Pair] | RowError]]:
     """Pairs from SFT rows, in input order: each row gets its pairs or the reason it has none."""
     targets, errors = sft_targets(pending)
-    frame = pl.DataFrame(
-        {"prompt": [t.prompt for t in targets], "answer": [t.answer for t in targets]},
-        schema=TARGET_SCHEMA,
-    )
     pairs: dict[int, list[Pair]] = {}
     for target, (rejected, reason, detail) in zip(
-        targets, rejected_answers(frame, options).iter_rows(), strict=True
+        targets, rejected_answers(targets_frame(targets), options).iter_rows(), strict=True
     ):
         if rejected is None:
             errors.setdefault(target.index, RowError(reason=reason, detail=detail))
@@ -238,6 +235,16 @@ def sft_targets(pending: list[Pending]) -> tuple[list[_Target], dict[int, RowErr
                 continue
             targets.append(_Target(index, conversation[:-1], answer))
     return targets, errors
+
+
+def targets_frame(targets: list[_Target]) -> pl.DataFrame:
+    """`TARGET_SCHEMA` columns of `targets` (built through Arrow, several times faster than
+    Polars from nested Python objects)."""
+    columns = {"prompt": [t.prompt for t in targets], "answer": [t.answer for t in targets]}
+    return pl.DataFrame(pl.from_arrow(pa.Table.from_pydict(columns, schema=_TARGET_ARROW)))
+
+
+_TARGET_ARROW = pl.DataFrame(schema=TARGET_SCHEMA).to_arrow().schema
 
 
 def rejected_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:

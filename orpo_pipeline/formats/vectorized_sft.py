@@ -36,6 +36,7 @@ from orpo_pipeline.formats.sft import (
     TARGET_SCHEMA,
     rejected_answers,
     sft_targets,
+    targets_frame,
 )
 from orpo_pipeline.formats.vectorized import (
     _LEADING_LABEL,
@@ -363,20 +364,18 @@ def group_pairs(
     slow, errors = sft_targets(pending)
     targets = pl.concat(
         [
-            pl.DataFrame(
-                {
-                    "_slot": [t.index for t in slow],
-                    "_fast": False,
-                    "_seq": 0,
-                    "_order": 0,
-                    "_file": [pending[t.index].file for t in slow],
-                    "_line": [pending[t.index].line for t in slow],
-                    "_source": [pending[t.index].source for t in slow],
-                    "prompt": [t.prompt for t in slow],
-                    "answer": [t.answer for t in slow],
-                },
-                schema=_TARGETS,
-            ),
+            targets_frame(slow)
+            .with_columns(
+                pl.Series("_slot", [t.index for t in slow], pl.Int64),
+                pl.lit(value=False).alias("_fast"),
+                pl.lit(0).alias("_seq"),
+                pl.lit(0).alias("_order"),
+                pl.Series("_file", [pending[t.index].file for t in slow], pl.String),
+                pl.Series("_line", [pending[t.index].line for t in slow], pl.Int64),
+                pl.Series("_source", [pending[t.index].source for t in slow], pl.String),
+            )
+            .select(*_TARGETS)
+            .cast(_TARGETS),
             *(
                 f.targets.select(
                     "_slot",
