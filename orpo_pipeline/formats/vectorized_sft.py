@@ -285,15 +285,8 @@ def _sharegpt(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     if messages is None:
         return _none(lf)
     system = pl.col("system") if schema.get("system") == pl.String else pl.lit(None, pl.String)
-    system = pl.when(system != "").then(system)
-    prompt, answer, ok = _split(pl.concat_list(_system_head(system), messages))
-    counted = _key_counts_match(schema, "sharegpt", pl.col("conversations"))
-    return lf.select(
-        "_line",
-        prompt.alias("prompt"),
-        answer.alias("_answer"),
-        (ok & messages.is_not_null() & counted).alias("_ok"),
-    )
+    head = _system_head(pl.when(system != "").then(system))
+    return _conversations(lf, schema, "sharegpt", messages, head)
 
 
 def _openai_messages(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
@@ -301,13 +294,30 @@ def _openai_messages(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     messages = _messages_of(schema, "messages", "role", "content")
     if messages is None:
         return _none(lf)
-    prompt, answer, ok = _split(messages)
-    counted = _key_counts_match(schema, "openai_messages", pl.col("messages"))
-    return lf.select(
+    return _conversations(lf, schema, "openai_messages", messages, pl.lit([], pl.List(MESSAGE)))
+
+
+def _conversations(
+    lf: pl.LazyFrame, schema: pl.Schema, name: str, messages: pl.Expr, head: pl.Expr
+) -> pl.LazyFrame:
+    """The builder's columns for `head` then `messages` (each computed once, in stages)."""
+    column = "conversations" if name == "sharegpt" else "messages"
+    staged = lf.select(
+        "_line",
+        messages.alias("_messages"),
+        head.alias("_head"),
+        _key_counts_match(schema, name, pl.col(column)).alias("_counted"),
+    ).select(
+        "_line",
+        pl.concat_list("_head", "_messages").alias("_conversation"),
+        (pl.col("_messages").is_not_null() & pl.col("_counted")).alias("_complete"),
+    )
+    prompt, answer, ok = _split(pl.col("_conversation"))
+    return staged.select(
         "_line",
         prompt.alias("prompt"),
         answer.alias("_answer"),
-        (ok & messages.is_not_null() & counted).alias("_ok"),
+        (ok & pl.col("_complete")).alias("_ok"),
     )
 
 
