@@ -22,6 +22,7 @@ from orpo_pipeline.formats.preference import ALPACA_PROMPT_FIELDS
 from orpo_pipeline.formats.readers import (
     _LONE_SURROGATE,
     MAX_NESTING,
+    MAX_RAW_CHARS,
     BlankLine,
     ReadItem,
     SourceRow,
@@ -484,8 +485,6 @@ def _rejects(
 
 def _fast_raws(bad: pl.DataFrame, files: list[FileTargets]) -> dict[tuple[int, int], str]:
     """The raw text of rejected fast rows, as the per-row reader keeps it (read again)."""
-    from orpo_pipeline.formats.readers import MAX_RAW_CHARS
-
     raws: dict[tuple[int, int], str] = {}
     for seq, f in enumerate(files):
         wanted = bad.filter(pl.col("_seq") == seq)["_order"]
