@@ -89,7 +89,11 @@ def fast_targets(path: Path, name: str, options: ConvertOptions) -> FastTargets 
     elif kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
     counted = lines.with_columns(_key_counts(name)).filter(_text_checks(name))
-    parts = [build(frame.lazy(), frame.schema) for frame in _decode(counted, name, _LAYOUTS[name])]
+    parts = [
+        build(frame.lazy(), frame.schema)
+        for fits, layout in _LAYOUTS[name]
+        for frame in _decode(counted.filter(fits), name, [layout])
+    ]
     targets = _targets(pl.concat(parts, how="diagonal_relaxed"), split=split).sort("_line")
     is_row = _is_row(pl.col("_text"))
     rest = _rest_lines(lines.filter(is_row)["_line"], targets)
@@ -130,15 +134,23 @@ def _json_array(path: Path) -> tuple[pl.DataFrame, dict[int, dict]] | None:
 _MESSAGE_KEYS = {"sharegpt": ("from", "value"), "openai_messages": ("role", "content")}
 """The message keys of each format; each message must have each once, with a string value
 (Polars keeps the first of two equal keys, Python the last)."""
+_PART_KEYS = ("type", "text", "value")
+"""The keys of OpenAI text parts read here (`{"type": "text", "text" | "value": ...}`)."""
 
 
 def _key_counts(name: str) -> list[pl.Expr]:
-    """`_n_<key>`: how often each message key occurs in the line."""
+    """`_n_<key>`: how often each message key (and text-part key) occurs in the line."""
     text = pl.col("_text")
+    keys = (*_MESSAGE_KEYS["openai_messages"], *_PART_KEYS)
     return [
         text.str.count_matches(f'"{key}"' + r"\s*:").alias(f"_n_{key}")
-        for key in _MESSAGE_KEYS.get(name, ())
+        for key in (keys if name == "openai_messages" else _MESSAGE_KEYS.get(name, ()))
     ]
+
+
+def _string_contents() -> pl.Expr:
+    """Every `content` of the line holds a string (else, for OpenAI messages, text parts)."""
+    return pl.col("_n_content") == pl.col("_text").str.count_matches(r'"content"\s*:\s*"')
 
 
 def _text_checks(name: str) -> pl.Expr:
@@ -147,12 +159,17 @@ def _text_checks(name: str) -> pl.Expr:
     def count(pattern: str) -> pl.Expr:
         return text.str.count_matches(pattern)
 
-    checks = [
-        pl.col(f"_n_{key}") == count(f'"{key}"' + r'\s*:\s*"')
-        for key in _MESSAGE_KEYS.get(name, ())
-    ]
+    def strings(key: str) -> pl.Expr:
+        return pl.col(f"_n_{key}") == count(f'"{key}"' + r'\s*:\s*"')
+
+    checks = []
+    if name == "sharegpt":
+        checks += [strings("from"), strings("value")]
     if name == "openai_messages":  # a first message with `from` is read as ShareGPT's
-        checks.append(count(r'"from"\s*:') == 0)
+        checks += [strings("role"), count(r'"from"\s*:') == 0, count(r'"answer"\s*:') == 0]
+        parts = pl.col("_n_content") == count(r'"content"\s*:\s*\[')
+        checks += [_string_contents() | parts, strings("text"), strings("value")]
+        checks.append(pl.col("_n_type") == count(r'"type"\s*:\s*"text"'))
     if name == "alpaca":  # history turns and self-instruct instances go per row
         checks.append(count(r'"history"\s*:') == count(r'"history"\s*:\s*(null|\[\s*\])'))
         checks.append(count(r'"instances"\s*:') == count(r'"instances"\s*:\s*null'))
@@ -270,14 +287,38 @@ def _messages_of(schema: pl.Schema, column: str, role: str, content: str) -> pl.
     if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
         return None
     fields = {f.name: f.dtype for f in dtype.inner.fields}
-    if fields.get(role) != pl.String or fields.get(content) != pl.String:
+    element = pl.element().struct.field
+    text = element(content)
+    if fields.get(content) == pl.List(TEXT_PART) and "_n_text" in schema:  # JSON text parts
+        text = _part_texts(text)
+    elif fields.get(content) != pl.String:
+        return None
+    if fields.get(role) != pl.String:
         return None
     if role == "role" and "from" in fields:  # a message with `from` is read as ShareGPT's
         return None
-    element = pl.element().struct.field
-    return _mapped(
-        pl.col(column).list.eval(pl.struct(role=element(role), content=element(content)))
-    )
+    return _mapped(pl.col(column).list.eval(pl.struct(role=element(role), content=text)))
+
+
+def _part_texts(parts: pl.Expr) -> pl.Expr:
+    """`content_text` of a list of text parts; null where a part has neither text key."""
+    part = pl.element().struct.field
+    texts = parts.list.eval(pl.coalesce(part("text"), part("value")))
+    return pl.when(texts.list.eval(pl.element().is_not_null()).list.all()).then(texts.list.join(""))
+
+
+def _part_keys_once(schema: pl.Schema) -> pl.Expr:
+    """JSON text parts: each `text` and `value` key of the line is one part's (none twice)."""
+    dtype = schema["messages"]
+    if not (isinstance(dtype, pl.List) and dtype.inner.to_schema()["content"] != pl.String):
+        return pl.lit(value=True)
+    part = pl.element().struct.field
+    checks = []
+    for key in ("text", "value"):
+        per_message = pl.element().struct.field("content").list.eval(part(key).is_not_null())
+        found = pl.col("messages").list.eval(per_message.list.sum()).list.sum()
+        checks.append(pl.col(f"_n_{key}") == found)
+    return pl.all_horizontal(checks)
 
 
 def _sharegpt(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
@@ -295,6 +336,7 @@ def _openai_messages(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     messages = _messages_of(schema, "messages", "role", "content")
     if messages is None:
         return _none(lf)
+    messages = pl.when(_part_keys_once(schema)).then(messages)
     return _conversations(lf, schema, "openai_messages", messages, pl.lit([], pl.List(MESSAGE)))
 
 
@@ -323,14 +365,27 @@ def _conversations(
 
 
 _BUILDERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai_messages": _openai_messages}
+TEXT_PART = pl.Struct(dict.fromkeys(_PART_KEYS, pl.String))
+_ALL = pl.lit(value=True)
 _LAYOUTS = {
     "alpaca": [
-        dict.fromkeys((*ALPACA_PROMPT_FIELDS, "input", "system", *ALPACA_ANSWER_FIELDS), pl.String)
+        (
+            _ALL,
+            dict.fromkeys(
+                (*ALPACA_PROMPT_FIELDS, "input", "system", *ALPACA_ANSWER_FIELDS), pl.String
+            ),
+        )
     ],
-    "sharegpt": [{"conversations": pl.List(SHAREGPT_MESSAGE), "system": pl.String}],
-    "openai_messages": [{"messages": pl.List(MESSAGE)}],
+    "sharegpt": [(_ALL, {"conversations": pl.List(SHAREGPT_MESSAGE), "system": pl.String})],
+    "openai_messages": [
+        (_string_contents(), {"messages": pl.List(MESSAGE)}),
+        (
+            ~_string_contents(),
+            {"messages": pl.List(pl.Struct({"role": pl.String, "content": pl.List(TEXT_PART)}))},
+        ),
+    ],
 }
-"""Per format, the fields decoded from JSON Lines (`vectorized._decode`)."""
+"""Per format, the lines (JSON Lines, JSON items) of each layout and the fields decoded."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ FAST_ROWS = {
     "identity.json": 91,
     "dummy_conversation.json": 500,
     "glaive_toolcall_en_demo.json": 200,
-    "v1_sft_demo.jsonl": 0,  # text parts ([{"type": "text", ...}]) are read per row
+    "v1_sft_demo.jsonl": 200,  # text parts: [{"type": "text", "value": ...}]
     "seed_tasks.jsonl": 0,  # self-instruct instances are read per row
 }
 """Rows of each vendored file the vectorised path takes (the others go per row)."""
@@ -230,14 +230,36 @@ def sharegpt_rows():
 
 
 def openai_rows():
-    parts = st.builds(
-        lambda t: [
-            {"role": "user", "content": [{"type": "text", "text": t}]},
-            {"role": "assistant", "content": t},
-        ],
+    part = st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.sampled_from(["text", "text", "image_url", None]),
+                "text": st.one_of(TEXT, TEXT, st.none(), st.integers()),
+                "value": TEXT,
+                "content": TEXT,
+            },
+        ),
         TEXT,
     )
-    return st.fixed_dictionaries({"messages": st.one_of(messages("role", "content"), parts)})
+    one_part = st.builds(lambda t: {"type": "text", "text": t}, TEXT)
+    content = st.one_of(TEXT, st.lists(part, max_size=3), one_part)
+    message = st.fixed_dictionaries(
+        {"role": ROLE, "content": content}, optional={"loss_weight": st.floats(0, 1)}
+    )
+    plain_parts = st.builds(
+        lambda q, a, key: [
+            {"role": "user", "content": [{"type": "text", key: q}]},
+            {"role": "assistant", "content": [{"type": "text", key: a}, {key: "!"}]},
+        ],
+        TEXT,
+        ANSWER,
+        st.sampled_from(["text", "value"]),
+    )
+    conversation = st.one_of(
+        messages("role", "content"), plain_parts, st.lists(message, max_size=3)
+    )
+    return st.fixed_dictionaries({"messages": conversation})
 
 
 ROWS = {"alpaca": alpaca_rows(), "sharegpt": sharegpt_rows(), "openai_messages": openai_rows()}
@@ -313,3 +335,45 @@ def test_well_formed_rows_take_the_fast_path(tmp_path, monkeypatch, case, knobs)
     fast = convert_files(paths, options)
     assert_same(fast, per_row(paths, options, monkeypatch))
     assert fast_share(paths, options) == 2 * len(rows)
+
+
+ODD_KEYS = {
+    "sharegpt": [
+        '{"conversations": [{"from": "human", "value": "q"}, '
+        '{"from": "gpt", "from": "human", "value": "a"}]}',
+        '{"conversations": [{"from": "human", "value": "q", "value": "r"}, '
+        '{"from": "gpt", "value": "a"}]}',
+    ],
+    "openai_messages": [
+        '{"messages": [{"role": "user", "content": "q"}, '
+        '{"role": "assistant", "role": "user", "content": "a"}]}',
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "q", "text": "r"}]}, '
+        '{"role": "assistant", "content": "a"}]}',
+        '{"messages": [{"role": "user", "content": [{"text": "q", "type": null}]}, '
+        '{"role": "assistant", "content": "a"}]}',
+    ],
+    "alpaca": [
+        '{"instruction": "q", "output": "a", "output": "b"}',
+        '{"instruction": "q", "output": 5, "response": "b"}',
+    ],
+}
+PLAIN = {
+    "sharegpt": {"conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}]},
+    "openai_messages": {
+        "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    },
+    "alpaca": {"instruction": "x", "output": "y"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "line"), [(name, line) for name, lines in ODD_KEYS.items() for line in lines]
+)
+def test_keys_polars_would_read_otherwise_go_per_row(tmp_path, monkeypatch, name, line):
+    """Polars keeps the first of two equal keys and turns numbers into text: such rows go per
+    row (and give what the per-row converter gives)."""
+    path = tmp_path / "a.jsonl"
+    path.write_text(f"{line}\n{json.dumps(PLAIN[name])}\n{line}\n", encoding="utf-8")
+    options = ConvertOptions(format=name, negatives="truncated")
+    assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
+    assert fast_share([path], options) == 1  # the plain row only
