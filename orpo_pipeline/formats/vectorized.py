@@ -65,6 +65,8 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
             frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
             return None  # the per-row reader reports what is wrong with the file
+        if not table.num_columns:
+            return None  # Arrow takes no rows from a table without columns
         pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
         rest = _rest_lines(frame["_line"], pairs)
         values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []

@@ -11,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orpo_pipeline.errors import DataError
-from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_files, vectorized_sft
+from orpo_pipeline.formats import (
+    ConversionResult,
+    ConvertOptions,
+    convert_files,
+    vectorized,
+    vectorized_sft,
+)
 from orpo_pipeline.formats.convert import detect_format
 from orpo_pipeline.formats.vectorized import PY_WHITESPACE
 from tests.formats.conftest import TEST_DATA
@@ -30,6 +36,7 @@ NEGATIVES = [
 def per_row(paths: list[Path], options: ConvertOptions, monkeypatch) -> ConversionResult:
     with monkeypatch.context() as patch:
         patch.setattr(vectorized_sft, "_BUILDERS", {})
+        patch.setattr(vectorized, "_BUILDERS", {})
         return convert_files(paths, options)
 
 
@@ -383,3 +390,15 @@ def test_keys_polars_would_read_otherwise_go_per_row(tmp_path, monkeypatch, name
     options = ConvertOptions(format=name, negatives="truncated")
     assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
     assert fast_share([path], options) == 1  # the plain row only
+
+
+@pytest.mark.parametrize("name", ["alpaca", "hh_rlhf"])
+def test_a_parquet_file_without_columns(tmp_path, monkeypatch, name):
+    """Its rows are empty objects, rejected as the per-row converter rejects them (Arrow takes
+    no rows from such a table, which broke the vectorised path)."""
+    path = tmp_path / "empty.parquet"
+    pl.DataFrame([{}, {}, {}]).write_parquet(path)
+    options = ConvertOptions(format=name)
+    fast = convert_files([path], options)
+    assert_same(fast, per_row([path], options, monkeypatch))
+    assert fast.rows_rejected == 3
