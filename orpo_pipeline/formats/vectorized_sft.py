@@ -155,6 +155,12 @@ def _string_contents() -> pl.Expr:
     return pl.col("_n_content") == pl.col("_text").str.count_matches(r'"content"\s*:\s*"')
 
 
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+_TURN = r"\[\s*" + _JSON_STRING + r"\s*,\s*" + _JSON_STRING + r"\s*\]"
+_HISTORY = r"(null|\[\s*(" + _TURN + r"(\s*,\s*" + _TURN + r")*)?\s*\]\s*[,}])"
+"""Alpaca's `history` as JSON text: null or a list of [question, answer] string pairs."""
+
+
 def _text_checks(name: str) -> pl.Expr:
     text = pl.col("_text")
 
@@ -172,8 +178,8 @@ def _text_checks(name: str) -> pl.Expr:
         parts = pl.col("_n_content") == count(r'"content"\s*:\s*\[')
         checks += [_string_contents() | parts, strings("text"), strings("value")]
         checks.append(pl.col("_n_type") == count(r'"type"\s*:\s*"text"'))
-    if name == "alpaca":  # history turns and self-instruct instances go per row
-        checks.append(count(r'"history"\s*:') == count(r'"history"\s*:\s*(null|\[\s*\])'))
+    if name == "alpaca":  # history: [question, answer] string pairs; instances go per row
+        checks.append(count(r'"history"\s*:') == count(r'"history"\s*:\s*' + _HISTORY))
         checks.append(count(r'"instances"\s*:') == count(r'"instances"\s*:\s*null'))
     return pl.all_horizontal(checks) if checks else pl.lit(value=True)
 
@@ -253,7 +259,7 @@ def _key_counts_match(schema: pl.Schema, name: str, messages: pl.Expr) -> pl.Exp
 
 
 def _alpaca(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
-    """`parse_alpaca` without instances or history: system, instruction (+ input), answer."""
+    """`parse_alpaca` without instances: system, history turns, instruction (+ input), answer."""
     prompts = _columns(schema, (*ALPACA_PROMPT_FIELDS, "input", "system"))
     answers = _columns(schema, ALPACA_ANSWER_FIELDS)
     if prompts is None or answers is None:
@@ -268,18 +274,40 @@ def _alpaca(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
     system = pl.when(py_strip(system) != "").then(system)
     answer = pl.coalesce(answers)
     ok = instruction.is_not_null() & answer.is_not_null()
-    for optional in ("history", "instances"):  # Parquet; JSON Lines lines are checked as text
-        if optional in schema:
-            empty = schema[optional] == pl.List and optional == "history"
-            column = pl.col(optional)
-            ok = ok & (column.is_null() | (column.list.len() == 0 if empty else pl.lit(False)))
+    if "instances" in schema:  # Parquet; JSON lines with instances are left out as text
+        ok = ok & pl.col("instances").is_null()
+    turns, history_ok = _history(schema)
     user = pl.concat_list(pl.struct(role=pl.lit("user"), content=text))
     return lf.select(
         "_line",
-        pl.concat_list(_system_head(system), user).alias("prompt"),
+        pl.concat_list(_system_head(system), turns, user).alias("prompt"),
         answer.alias("_answer"),
-        ok.alias("_ok"),
+        (ok & history_ok).alias("_ok"),
     )
+
+
+def _history(schema: pl.Schema) -> tuple[pl.Expr, pl.Expr]:
+    """(the messages of the `history` column's [question, answer] pairs, whether it has only
+    such pairs); a null or empty history has none."""
+    none = pl.lit([], dtype=pl.List(MESSAGE))
+    dtype = schema.get("history", pl.Null)
+    if dtype == pl.Null:
+        return none, pl.lit(value=True)
+    history = pl.col("history")
+    if dtype != pl.List(pl.List(pl.String)):
+        empty = history.list.len() == 0 if isinstance(dtype, pl.List) else pl.lit(value=False)
+        return none, history.is_null() | empty
+    turn = pl.element()
+    pairs = history.list.eval(
+        (turn.list.len() == 2) & turn.list.eval(pl.element().is_not_null()).list.all()
+    ).list.all()
+    messages = history.list.eval(
+        pl.concat_list(
+            pl.struct(role=pl.lit("user"), content=turn.list.get(0, null_on_oob=True)),
+            pl.struct(role=pl.lit("assistant"), content=turn.list.get(1, null_on_oob=True)),
+        )
+    ).list.eval(pl.element().explode())
+    return pl.when(history.is_not_null()).then(messages).otherwise(none), history.is_null() | pairs
 
 
 def _messages_of(schema: pl.Schema, column: str, role: str, content: str) -> pl.Expr | None:
@@ -373,9 +401,12 @@ _LAYOUTS = {
     "alpaca": [
         (
             _ALL,
-            dict.fromkeys(
-                (*ALPACA_PROMPT_FIELDS, "input", "system", *ALPACA_ANSWER_FIELDS), pl.String
-            ),
+            {
+                **dict.fromkeys(
+                    (*ALPACA_PROMPT_FIELDS, "input", "system", *ALPACA_ANSWER_FIELDS), pl.String
+                ),
+                "history": pl.List(pl.List(pl.String)),
+            },
         )
     ],
     "sharegpt": [(_ALL, {"conversations": pl.List(SHAREGPT_MESSAGE), "system": pl.String})],

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -195,7 +197,10 @@ def alpaca_rows():
             "output": st.one_of(ANSWER, st.none(), st.integers()),
             "response": ANSWER,
             "history": st.one_of(
-                st.none(), st.just([]), st.lists(st.tuples(TEXT, TEXT), max_size=1)
+                st.none(),
+                st.just([]),
+                st.lists(st.lists(TEXT, min_size=2, max_size=2), min_size=1, max_size=2),
+                st.sampled_from([[["q"]], [["q", 1]], [["q", None]], "q", [["q", "a", "b"]]]),
             ),
             "question": TEXT,
         },
@@ -294,9 +299,10 @@ def test_sft_rows_row_for_row(tmp_path, monkeypatch, case, knobs, role_markers):
     options = ConvertOptions(format=name, role_markers=role_markers, **knobs)
     fast = convert_files(paths, options)
     assert_same(fast, per_row(paths, options, monkeypatch))
-    try:  # as Parquet, where the rows' types fit in columns
+    try:  # as Parquet, where the rows' types fit in columns (and Arrow reads them)
         pl.DataFrame(rows, infer_schema_length=None).write_parquet(tmp_path / "c.parquet")
-    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        pq.read_table(tmp_path / "c.parquet")
+    except (pl.exceptions.PolarsError, pa.ArrowException, TypeError, ValueError, OverflowError):
         return
     paths = [tmp_path / "c.parquet", paths[0]]
     assert_same(convert_files(paths, options), per_row(paths, options, monkeypatch))
@@ -313,7 +319,7 @@ def simple_rows(name: str):
             optional={
                 "input": st.one_of(SIMPLE, st.just("")),
                 "system": SIMPLE,
-                "history": st.just([]),
+                "history": st.lists(st.tuples(SIMPLE, SIMPLE), max_size=2),
             },
         )
     role, content, user, bot = (
