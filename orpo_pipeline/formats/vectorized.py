@@ -172,7 +172,7 @@ def _decode(
     safe = lines.filter(pl.all_horizontal(checks))
     escaped = safe.filter(text.str.contains("\\u", literal=True)).filter(
         text.str.contains(_ESCAPED_KEY)
-        | text.str.contains(r"\\u[dD][89abcdefABCDEF]")
+        | _lone_surrogate(text)
         | text.str.contains(r"\\u00(0[01]|1[c-fC-F])")
     )
     if escaped.height:
@@ -207,6 +207,16 @@ def _decode(
         decoded.append(_decode_rows(safe.filter(fit), layout))
         safe = safe.filter(~fit)  # a line is decoded with the first layout it fits
     return decoded
+
+
+def _lone_surrogate(text: pl.Expr) -> pl.Expr:
+    """The JSON text may escape a lone surrogate (Python's reader rejects it, Polars would not):
+    every high surrogate escape must be followed by a low one, and every low one follow a high
+    one. Escaped backslashes are set aside first (the lines hold no \x00)."""
+    real = text.str.replace_all(r"\\", "\x00\x00", literal=True)
+    high, low = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    pairs = real.str.count_matches(high + low)
+    return (real.str.count_matches(high) != pairs) | (real.str.count_matches(low) != pairs)
 
 
 def _decode_rows(lines: pl.DataFrame, dtype: pl.Struct) -> pl.DataFrame:

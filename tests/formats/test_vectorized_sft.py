@@ -408,3 +408,28 @@ def test_a_parquet_file_without_columns(tmp_path, monkeypatch, name):
     fast = convert_files([path], options)
     assert_same(fast, per_row([path], options, monkeypatch))
     assert fast.rows_rejected == 3
+
+
+def test_escaped_astral_characters_take_the_fast_path(tmp_path, monkeypatch):
+    """JSON written with ensure_ascii escapes an emoji as a surrogate pair: such lines are read
+    here; a lone surrogate escape (which the per-row reader rejects) is not, nor is a text
+    that only looks like one behind an escaped backslash fooling the check."""
+    texts = {
+        "pair": r"\ud83d\ude00 hi",
+        "upper": r"\uD83D\uDE00",
+        "literal": r"\\ud83d",  # a backslash, then the text 'ud83d'
+        "lone high": r"\ud83d x",
+        "lone low": r"x \ude00",
+        "escaped then lone": r"\\\ud83d",
+        "pair then lone": r"\ud83d\ude00\ud83d",
+    }
+    lines = [
+        f'{{"instruction": "Say {name}", "output": "{text} ok"}}' for name, text in texts.items()
+    ]
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ConvertOptions(format="alpaca")
+    fast = convert_files([path], options)
+    assert_same(fast, per_row([path], options, monkeypatch))
+    assert fast.reject_counts() == {"invalid_utf8": 4}
+    assert fast_share([path], options) == 3
