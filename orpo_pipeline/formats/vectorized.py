@@ -164,11 +164,13 @@ def _decode(
         ~text.str.ends_with("\r"),
         ~text.str.contains(_UNSAFE_TEXT),
     ]
-    if name == "trl_preference":
+    if name == "trl_preference":  # `_n_role`, `_n_content`: `_trl_preference` checks each once
         checks.append(~text.str.contains(r'"(from|value|type|text)"\s*:'))
         for key in ("role", "content"):
-            keys = text.str.count_matches(f'"{key}"' + r"\s*:")
-            checks.append(keys == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
+            lines = lines.with_columns(
+                text.str.count_matches(f'"{key}"' + r"\s*:").alias(f"_n_{key}")
+            )
+            checks.append(pl.col(f"_n_{key}") == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
     safe = lines.filter(pl.all_horizontal(checks))
     escaped = safe.filter(text.str.contains("\\u", literal=True)).filter(
         text.str.contains(_ESCAPED_KEY)
@@ -433,6 +435,13 @@ def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         pl.List(MESSAGE),
     ):
         return lf.select("_line").clear()
+    lists = [
+        pl.col(n).list.len() for n in ("chosen", "rejected", "prompt") if schema.get(n) == pl.List
+    ]
+    if lists and "_n_role" in schema:
+        # JSON Lines: each message has each key once (Polars keeps the first, Python the last).
+        total = pl.sum_horizontal(lists)
+        lf = lf.filter((pl.col("_n_role") == total) & (pl.col("_n_content") == total))
     system = pl.col("system") if system_type == pl.String else pl.lit(None, dtype=pl.String)
     system = pl.when(_strip(system) != "").then(system)
     head = (

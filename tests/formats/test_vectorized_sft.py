@@ -433,3 +433,21 @@ def test_escaped_astral_characters_take_the_fast_path(tmp_path, monkeypatch):
     assert_same(fast, per_row([path], options, monkeypatch))
     assert fast.reject_counts() == {"invalid_utf8": 4}
     assert fast_share([path], options) == 3
+
+
+def test_a_trl_message_with_a_key_twice_goes_per_row(tmp_path, monkeypatch):
+    """Polars kept the first `role`, Python the last: the vectorised path made a pair the
+    per-row converter rejects."""
+    line = (
+        '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "role": "user", '
+        '"content": "a"}], "rejected": [{"role": "user", "content": "q"}, '
+        '{"role": "assistant", "content": "b"}]}'
+    )
+    plain = line.replace('"role": "assistant", "role": "user"', '"role": "assistant"')
+    path = tmp_path / "trl.jsonl"
+    path.write_text(f"{line}\n{plain}\n", encoding="utf-8")
+    options = ConvertOptions(format="trl_preference")
+    fast = convert_files([path], options)
+    assert_same(fast, per_row([path], options, monkeypatch))
+    assert fast.reject_counts() == {"diverges_before_last_turn": 1}
+    assert vectorized.fast_pairs(path, "trl_preference", options, "x").pairs.height == 1
