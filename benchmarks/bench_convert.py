@@ -7,6 +7,9 @@ Inputs (written to a temporary folder, removed at the end):
 - `ultrafeedback` JSONL and Parquet: `synthetic_ultrafeedback`, rows shaped like
   OpenBMB/UltraFeedback (default ranked options: overall score, one random lower answer), a
   quarter as many rows: each is ~12 KB, eight times an HH row.
+- `alpaca` JSONL: LLaMA-Factory's `alpaca_en_demo.json` (vendored in tests/data), repeated to
+  `--rows` with a row number appended to each instruction (SFT, `negatives='other_prompt'`);
+- `sharegpt` JSONL: FastChat's `dummy_conversation.json`, repeated the same way (first turn).
 
 Each input goes through `convert_files` (vectorised where it can) and through the per-row
 converter (the vectorised path switched off) on the first `--per-row-rows` rows; the two
@@ -35,12 +38,14 @@ import numpy as np
 import polars as pl
 
 from benchmarks.bench_data import _sentences, synthetic_pairs
-from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized
+from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized, vectorized_sft
 from orpo_pipeline.formats.ranked import UF_ASPECTS
 from orpo_pipeline.stages.base import ROW
 
 OUTPUT = Path("runs/bench/convert.json")
 HH_FILE = Path("data/hh-rlhf-harmless-base/test.jsonl.gz")
+ALPACA_FILE = Path("tests/data/llamafactory-demo-data/alpaca_en_demo.json")
+SHAREGPT_FILE = Path("tests/data/fastchat-dummy-sharegpt/dummy_conversation.json")
 
 
 def write_inputs(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
@@ -64,6 +69,8 @@ def write_inputs(directory: Path, rows: int) -> dict[str, tuple[str, Path]]:
         "hh_rlhf JSONL": ("hh_rlhf", hh),
         "trl_preference Parquet (messages)": ("trl_preference", trl),
         "trl_preference JSONL (strings)": ("trl_preference", trl_jsonl),
+        "alpaca JSONL (SFT)": ("alpaca", _sft_jsonl(directory, ALPACA_FILE, rows)),
+        "sharegpt JSONL (SFT)": ("sharegpt", _sft_jsonl(directory, SHAREGPT_FILE, rows)),
     }
 
 
@@ -129,6 +136,21 @@ def write_ultrafeedback(directory: Path, rows: int) -> dict[str, tuple[str, Path
     }
 
 
+def _sft_jsonl(directory: Path, source: Path, rows: int) -> Path:
+    """`source`'s records repeated to `rows` lines, each prompt made unique by its number."""
+    records = json.loads(source.read_text(encoding="utf-8"))
+    path = directory / f"{source.stem}.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(rows):
+            record = json.loads(json.dumps(records[i % len(records)]))
+            if "instruction" in record:
+                record["instruction"] += f" (#{i})"
+            else:
+                record["conversations"][0]["value"] += f" (#{i})"
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
 def _head(path: Path, rows: int, directory: Path) -> Path:
     """The first `rows` rows of `path` as a file of the same kind."""
     head = directory / f"head-{path.name}"
@@ -151,7 +173,10 @@ def _convert(path: Path, name: str, *, vectorised: bool) -> Callable[[], int]:
         options = ConvertOptions(format=name)
         if vectorised:
             return convert_files([path], options).rows_in
-        with mock.patch.object(vectorized, "fast_pairs", return_value=None):
+        with (
+            mock.patch.object(vectorized, "fast_pairs", return_value=None),
+            mock.patch.object(vectorized_sft, "fast_targets", return_value=None),
+        ):
             return convert_files([path], options).rows_in
 
     return run
@@ -167,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = 50_000 if args.quick else args.rows
     per_row_rows = min(rows, 10_000 if args.quick else args.per_row_rows)
     print(
-        f"bench_convert: 3 inputs of {rows:,} rows and 2 UltraFeedback ones of {rows // 4:,}, "
-        f"vectorised and per-row ({per_row_rows:,} "
-        f"rows), {args.repeats} repeats; about {args.repeats * 40 * rows // 200_000 + 50} s",
+        f"bench_convert: 5 inputs of {rows:,} rows and 2 UltraFeedback ones of {rows // 4:,}, "
+        f"vectorised and per-row ({per_row_rows:,} rows), {args.repeats} repeats; about "
+        f"{args.repeats * 50 * rows // 200_000 + 60} s",
         flush=True,
     )
     result: dict = {
@@ -225,14 +250,14 @@ def _markdown(result: dict) -> str:
         f"{result['date']}; {machine['platform']}, {machine['cpu_count']} CPUs; polars "
         f"{machine['polars']}; load average at start {load}",
         "",
-        "| input | vectorised rows/s (wall) | rows/CPU-s | per-row rows/s | speedup |",
-        "|---|---|---|---|---|",
+        "| input | vectorised rows/s (wall) | rows/CPU-s | per-row rows/s | rows/CPU-s | speedup |",
+        "|---|---|---|---|---|---|",
     ]
     for label, figures in result["inputs"].items():
         fast, slow = figures["vectorised"], figures["per_row"]
         lines.append(
             f"| {label} | {fast['rows_per_s']:,} | {fast['rows_per_cpu_s']:,} | "
-            f"{slow['rows_per_s']:,} | {figures['speedup']}x |"
+            f"{slow['rows_per_s']:,} | {slow['rows_per_cpu_s']:,} | {figures['speedup']}x |"
         )
     return "\n".join(lines)
 

@@ -12,7 +12,15 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from orpo_pipeline.errors import ConfigError, DataError
-from orpo_pipeline.formats import llm_judge, pairwise, preference, ranked, sft, vectorized
+from orpo_pipeline.formats import (
+    llm_judge,
+    pairwise,
+    preference,
+    ranked,
+    sft,
+    vectorized,
+    vectorized_sft,
+)
 from orpo_pipeline.formats.mapping import (
     MAPPING_EXAMPLE,
     mapping_fields,
@@ -250,11 +258,14 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     pending: list[Pending] = []
     markers: Counter[str] = Counter()
     unused = _UnusedFields(options)
+    sft_fast: list[vectorized_sft.FileTargets] = []
     for path, rows in _input_rows(paths, name, options):
         source = options.source or path.name
         fast = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
+        targets = vectorized_sft.fast_targets(path, name, options) if kind == "sft" else None
         first_frame = collector.add_frame(str(path), fast.pairs if fast else None)
-        for row in rows if fast is None else fast.rest:
+        file_start = len(pending)
+        for row in rows if fast is None and targets is None else (fast or targets).rest:
             if isinstance(row, BlankLine):
                 collector.blank_lines += 1
                 continue
@@ -277,7 +288,13 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
                 pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
         if fast is not None:
             collector.sort_frames(first_frame)
-    if pending:
+        if targets is not None:
+            if targets.targets.height:
+                collector.count_row(str(path), targets.targets.height)
+            sft_fast.append(vectorized_sft.place(targets, path, source, pending, file_start))
+    if sft_fast:  # the SFT rows of every file, fast and per row, pair together
+        collector.add_group(vectorized_sft.group_pairs(pending, sft_fast, options))
+    elif pending:
         for item, outcome in GROUP_PAIRERS[kind](pending, options):
             if isinstance(outcome, RowError):
                 collector.reject(
@@ -394,9 +411,16 @@ class _Collector:
         self._columns: dict[str, list[Any]] = {name: [] for name in _OUTPUT_SCHEMA}
         self._frames: list[pl.DataFrame] = []
 
-    def count_row(self, file: str) -> None:
-        self.rows_in += 1
-        self.rows_by_file[file] += 1
+    def count_row(self, file: str, rows: int = 1) -> None:
+        self.rows_in += rows
+        self.rows_by_file[file] += rows
+
+    def add_group(self, outcome: vectorized_sft.GroupOutcome) -> None:
+        """Append the pairs and rejects of rows paired together (after every file's rows)."""
+        self._flush()
+        self._frames.append(outcome.pairs)
+        self.rejects += outcome.rejects
+        self.rows_converted += outcome.rows_converted
 
     def reject(self, file: str, line: int, source: str, reason: str, detail: str, raw: str) -> None:
         self.rejects.append((file, line, source, reason, detail, raw))

@@ -12,14 +12,14 @@ KTO rows pair desirable with undesirable answers to the same prompt; prompts wit
 answers go the SFT route.
 """
 
-import hashlib
 import json
-import re
 import sys
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import click
+import polars as pl
+import pyarrow as pa
 
 from orpo_pipeline.errors import ConfigError
 from orpo_pipeline.formats.conversation import any_messages, messages, prompt_messages
@@ -36,6 +36,13 @@ from orpo_pipeline.formats.rows import (
     field,
     list_field,
     text_field,
+)
+from orpo_pipeline.formats.vectorized import (
+    MESSAGE,
+    PY_SPACE,
+    json_value,
+    py_strip,
+    sha256_hex,
 )
 from orpo_pipeline.records import SFTRecord
 
@@ -181,12 +188,37 @@ class _Target(NamedTuple):
     answer: str
 
 
+TARGET_SCHEMA = pl.Schema({"prompt": pl.List(MESSAGE), "answer": pl.String})
+"""The targets the negatives work on: prompt messages and the stripped reference answer."""
+REJECTED_SCHEMA = pl.Schema({"rejected": pl.String, "reason": pl.String, "detail": pl.String})
+"""Per target, the rejected answer or, where there is none, the reason and its detail."""
+
+
 def sft_pairs(
     pending: list[Pending], options: ConvertOptions
 ) -> Iterator[tuple[Pending, list[Pair] | RowError]]:
     """Pairs from SFT rows, in input order: each row gets its pairs or the reason it has none."""
-    targets = []
+    targets, errors = sft_targets(pending)
     pairs: dict[int, list[Pair]] = {}
+    for target, (rejected, reason, detail) in zip(
+        targets, rejected_answers(targets_frame(targets), options).iter_rows(), strict=True
+    ):
+        if rejected is None:
+            errors.setdefault(target.index, RowError(reason=reason, detail=detail))
+        else:
+            pairs.setdefault(target.index, []).append(Pair(target.prompt, target.answer, rejected))
+    label = f"#rejected={options.negatives}"
+    for index, item in enumerate(pending):
+        if index in pairs:
+            yield item._replace(source=item.source + label), pairs[index]
+        else:
+            yield item, errors[index]
+
+
+def sft_targets(pending: list[Pending]) -> tuple[list[_Target], dict[int, RowError]]:
+    """The targets of the rows' records, in order, and per row the first record that has none
+    (a prompt that `check_prompt` refuses, or an empty answer)."""
+    targets = []
     errors: dict[int, RowError] = {}
     for index, item in enumerate(pending):
         for record in item.records:
@@ -202,70 +234,137 @@ def sft_pairs(
                 errors.setdefault(index, RowError(reason="empty_response", detail=detail))
                 continue
             targets.append(_Target(index, conversation[:-1], answer))
-    rejected_answers = NEGATIVES[options.negatives](targets, options)
-    for target, rejected in zip(targets, rejected_answers, strict=True):
-        if isinstance(rejected, RowError):
-            errors.setdefault(target.index, rejected)
-            continue
-        try:
-            pair = check_pair(Pair(target.prompt, target.answer, rejected))
-        except RowError as error:
-            errors.setdefault(target.index, error)
-            continue
-        pairs.setdefault(target.index, []).append(pair)
-    label = f"#rejected={options.negatives}"
-    for index, item in enumerate(pending):
-        if index in pairs:
-            yield item._replace(source=item.source + label), pairs[index]
-        else:
-            yield item, errors[index]
+    return targets, errors
 
 
-def truncated_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+def targets_frame(targets: list[_Target]) -> pl.DataFrame:
+    """`TARGET_SCHEMA` columns of `targets` (built through Arrow, several times faster than
+    Polars from nested Python objects)."""
+    columns = {"prompt": [t.prompt for t in targets], "answer": [t.answer for t in targets]}
+    return pl.DataFrame(pl.from_arrow(pa.Table.from_pydict(columns, schema=_TARGET_ARROW)))
+
+
+_TARGET_ARROW = pl.DataFrame(schema=TARGET_SCHEMA).to_arrow().schema
+
+
+def rejected_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
+    """Per target (`TARGET_SCHEMA` columns), the rejected answer from `options.negatives`,
+    stripped, or (`REJECTED_SCHEMA`) the reason there is none: the negatives' own, or the
+    `check_pair` reason of an empty or identical rejected answer."""
+    found = NEGATIVES[options.negatives](targets, options)
+    rejected = py_strip(pl.col("rejected"))
+    empty = pl.col("reason").is_null() & (rejected == "")
+    same = pl.col("reason").is_null() & (rejected == targets["answer"])
+    return found.select(
+        pl.when(~empty & ~same).then(rejected).alias("rejected"),
+        pl.when(empty)
+        .then(pl.lit("empty_response"))
+        .when(same)
+        .then(pl.lit("identical_responses"))
+        .otherwise("reason")
+        .alias("reason"),
+        pl.when(empty)
+        .then(pl.lit("the rejected answer is empty"))
+        .when(same)
+        .then(pl.lit("chosen and rejected answers are identical"))
+        .otherwise("detail")
+        .alias("detail"),
+    )
+
+
+def _found(frame: pl.DataFrame, reason: str, detail: pl.Expr | str) -> pl.DataFrame:
+    """`REJECTED_SCHEMA` columns from `frame`'s `rejected`: `reason`/`detail` where it is
+    null (`detail` may use `frame`'s other columns)."""
+    missing = pl.col("rejected").is_null()
+    return frame.select(
+        "rejected",
+        pl.when(missing).then(pl.lit(reason)).alias("reason"),
+        pl.when(missing)
+        .then(pl.lit(detail) if isinstance(detail, str) else detail)
+        .alias("detail"),
+    )
+
+
+_WORD = r"[^\s\x1c-\x1f]+"
+"""A word as Python's `re` finds it with `\\S+`."""
+
+
+def truncated_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
     """Each answer cut after its first `truncate_fraction` of words (at least one word kept)."""
-    results: list[str | RowError] = []
-    for target in targets:
-        words = list(re.finditer(r"\S+", target.answer))
-        keep = max(1, int(len(words) * options.truncate_fraction))
-        if keep >= len(words):
-            detail = f"the answer has {len(words)} word(s); too short to truncate"
-            results.append(RowError(reason="answer_too_short", detail=detail))
-        else:
-            results.append(target.answer[: words[keep - 1].end()])
-    return results
+    answer, words, keep = pl.col("answer"), pl.col("_words"), pl.col("_keep")
+    counted = targets.lazy().with_columns(_words=answer.str.count_matches(_WORD))
+    counted = counted.with_columns(
+        _keep=pl.max_horizontal(
+            pl.lit(1, dtype=pl.Int64),
+            (words.cast(pl.Float64) * options.truncate_fraction).floor().cast(pl.Int64),
+        )
+    )
+    # A stripped answer alternates words and spaces, starting and ending with a word.
+    pieces = answer.str.extract_all(f"{PY_SPACE}+|{_WORD}")
+    cut = pl.when(keep < words).then(pieces.list.head(2 * keep - 1).list.join(""))
+    detail = pl.format("the answer has {} word(s); too short to truncate", words)
+    return _found(counted.with_columns(rejected=cut).collect(), "answer_too_short", detail)
 
 
-def other_prompt_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+def other_prompt_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
     """Each answer paired with the answer of another prompt.
 
-    The targets are put in the order of sha256(seed, prompt, answer); each takes the answer of
-    the next target in that cycle whose prompt and answer differ from its own. The choice
-    therefore depends on the set of rows and the seed, never on the rows' order.
+    The targets are put in the order of sha256(json.dumps([seed, prompt, answer])); each takes
+    the answer of the next target in that cycle whose prompt and answer differ from its own.
+    The choice therefore depends on the set of rows and the seed, never on the rows' order.
     """
-
-    def digest(target: _Target) -> str:
-        payload = json.dumps([options.seed, target.prompt, target.answer], ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    cycle = sorted(range(len(targets)), key=lambda position: digest(targets[position]))
-    results: list[str | RowError] = [
-        RowError(reason="no_other_answer", detail="no other prompt has a different answer")
-    ] * len(targets)
-    for place, position in enumerate(cycle):
-        own = targets[position]
-        for step in range(1, len(cycle)):
-            other = targets[cycle[(place + step) % len(cycle)]]
-            if other.prompt != own.prompt and other.answer != own.answer and other.answer:
-                results[position] = other.answer
-                break
-    return results
+    element = pl.element().struct.field
+    message = pl.concat_str(
+        pl.lit('{"role": '),
+        json_value(element("role")),
+        pl.lit(', "content": '),
+        json_value(element("content")),
+        pl.lit("}"),
+    )
+    prompt = pl.col("prompt").list.eval(message).list.join(", ")
+    # json.dumps' default separators: ", " and ": ".
+    payload = pl.concat_str(
+        pl.lit(f"[{json.dumps(options.seed)}, ["),
+        prompt,
+        pl.lit("], "),
+        json_value(pl.col("answer")),
+        pl.lit("]"),
+    )
+    cycle = targets.select(
+        pl.int_range(pl.len()).alias("position"),
+        prompt.alias("prompt"),
+        "answer",
+        sha256_hex(payload).alias("digest"),
+    ).sort("digest", maintain_order=True)
+    following = [
+        pl.col(name).shift(-1).fill_null(pl.col(name).first()) for name in ("prompt", "answer")
+    ]
+    differs = (pl.col("prompt") != following[0]) & (pl.col("answer") != following[1])
+    cycle = cycle.with_columns(pl.when(differs).then(following[1]).alias("rejected"))
+    if not cycle["rejected"].is_null().any():
+        found = cycle["rejected"].to_list()
+    else:  # look further along the cycle, where the next target has the same prompt or answer
+        prompts, answers = cycle["prompt"].to_list(), cycle["answer"].to_list()
+        found = cycle["rejected"].to_list()
+        for place, rejected in enumerate(found):
+            if rejected is not None:
+                continue
+            for step in range(2, len(found)):
+                other = (place + step) % len(found)
+                if prompts[other] != prompts[place] and answers[other] != answers[place]:
+                    found[place] = answers[other]
+                    break
+    placed = cycle.select("position", pl.Series("rejected", found, dtype=pl.String)).sort(
+        "position"
+    )
+    return _found(placed, "no_other_answer", "no other prompt has a different answer")
 
 
 CONFIRM_OVER_S = 300.0
 """Generation estimated to take longer than this asks before it goes on (on a terminal)."""
 
 
-def model_answers(targets: list[_Target], options: ConvertOptions) -> list[str | RowError]:
+def model_answers(targets: pl.DataFrame, options: ConvertOptions) -> pl.DataFrame:
     """Each prompt answered by `options.model` (cached by model, prompt and settings).
 
     Says what will run before the model loads, then the time the first batch took and the
@@ -300,8 +399,11 @@ def model_answers(targets: list[_Target], options: ConvertOptions) -> list[str |
             )
             raise ConfigError(msg)
 
-    prompts = [target.prompt for target in targets]
-    return list(generate_answers(prompts, options, on_plan=on_plan, on_first_batch=on_first_batch))
+    prompts = targets["prompt"].to_list()
+    answers = generate_answers(prompts, options, on_plan=on_plan, on_first_batch=on_first_batch)
+    return pl.DataFrame(
+        {"rejected": answers, "reason": None, "detail": None}, schema=REJECTED_SCHEMA
+    )
 
 
 def _say(message: str) -> None:
@@ -324,8 +426,8 @@ NEGATIVES = {
     "other_prompt": other_prompt_answers,
     "truncated": truncated_answers,
 }
-"""Negatives option -> function giving one rejected answer (or the reason there is none) per
-target."""
+"""Negatives option -> function giving, per target (`TARGET_SCHEMA`), one rejected answer or
+the reason there is none (`REJECTED_SCHEMA`)."""
 
 
 def unpaired_pairs(

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import polars as pl
-import polars_hash as plh
+import polars_hash  # noqa: F401 (registers the `chash` expression namespace)
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -68,6 +68,8 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
             frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
         except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
             return None  # the per-row reader reports what is wrong with the file
+        if not table.num_columns:
+            return None  # Arrow takes no rows from a table without columns
         pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
         rest = _rest_lines(frame["_line"], pairs)
         values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
@@ -157,8 +159,11 @@ _FIELDS = {
 """Per format, the layouts decoded from JSON Lines; a line is decoded with the one it fits."""
 
 
-def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
-    """Per layout of `name`, the lines Polars decodes as Python's `json` does, decoded.
+def _decode(
+    lines: pl.DataFrame, name: str, layouts: list[dict[str, pl.DataType]] | None = None
+) -> list[pl.DataFrame]:
+    """Per layout of `name` (`_FIELDS[name]` unless given), the lines Polars decodes as Python's
+    `json` does, decoded.
 
     A line is decoded only when each field it has appears once with a value of the layout's type
     (checked on the text, since Polars would turn `1` into `"1"` for a string field) and it has
@@ -172,24 +177,27 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
         ~text.str.ends_with("\r"),
         ~text.str.contains(_UNSAFE_TEXT),
     ]
-    if name == "trl_preference":
+    if name == "trl_preference":  # `_n_role`, `_n_content`: `_trl_preference` checks each once
         checks.append(~text.str.contains(r'"(from|value|type|text)"\s*:'))
         for key in ("role", "content"):
-            keys = text.str.count_matches(f'"{key}"' + r"\s*:")
-            checks.append(keys == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
+            lines = lines.with_columns(
+                text.str.count_matches(f'"{key}"' + r"\s*:").alias(f"_n_{key}")
+            )
+            checks.append(pl.col(f"_n_{key}") == text.str.count_matches(f'"{key}"' + r'\s*:\s*"'))
     if name == "ultrafeedback":  # aspects as [{Rating}] lists go per row
         checks.append(~text.str.contains(_UF_LISTED_ASPECT))
     safe = lines.filter(pl.all_horizontal(checks))
     escaped = safe.filter(text.str.contains("\\u", literal=True)).filter(
         text.str.contains(_ESCAPED_KEY)
-        | text.str.contains(r"\\u[dD][89abcdefABCDEF]")
+        | _lone_surrogate(text)
         | text.str.contains(r"\\u00(0[01]|1[c-fC-F])")
     )
     if escaped.height:
         safe = safe.filter(~pl.col("_line").is_in(escaped["_line"].implode()))
     # The fields some line has (and maybe some string values that look alike): a field no line
     # has is left out of the checks and of the decoded layout.
-    fields_named = sorted({field for fields in _FIELDS[name] for field in fields})
+    layouts = _FIELDS[name] if layouts is None else layouts
+    fields_named = sorted({field for fields in layouts for field in fields})
     present = set(
         safe.select(text.str.extract_many([f'"{field}"' for field in fields_named]))
         .to_series()
@@ -200,7 +208,7 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
         .to_list()
     )
     decoded = []
-    for fields in _FIELDS[name]:
+    for fields in layouts:
         fits = [text.is_not_null()]
         for field, dtype in fields.items():
             if field not in present:
@@ -218,16 +226,27 @@ def _decode(lines: pl.DataFrame, name: str) -> list[pl.DataFrame]:
     return decoded
 
 
+def _lone_surrogate(text: pl.Expr) -> pl.Expr:
+    """The JSON text may escape a lone surrogate (Python's reader rejects it, Polars would not):
+    every high surrogate escape must be followed by a low one, and every low one follow a high
+    one. Escaped backslashes are set aside first (the lines hold no \x00)."""
+    real = text.str.replace_all(r"\\", "\x00\x00", literal=True)
+    high, low = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    pairs = real.str.count_matches(high + low)
+    return (real.str.count_matches(high) != pairs) | (real.str.count_matches(low) != pairs)
+
+
 def _decode_rows(lines: pl.DataFrame, dtype: pl.Struct) -> pl.DataFrame:
-    """`_line`, `_text` and the decoded fields of the lines that decode; halves a failing batch
-    until the bad lines are found (they go to the per-row reader)."""
-    empty = pl.DataFrame(schema={"_line": pl.UInt32, "_text": pl.String, **dtype.to_schema()})
+    """Every column of the lines (`_line`, `_text`, ...) and the decoded fields of those that
+    decode; halves a failing batch until the bad lines are found (they go to the per-row
+    reader)."""
+    empty = pl.DataFrame(schema={**lines.schema, **dtype.to_schema()})
     if not lines.height:
         return empty
     try:
-        return lines.select(
-            "_line", "_text", pl.col("_text").str.json_decode(dtype).alias("_v")
-        ).unnest("_v")
+        return lines.select(pl.all(), pl.col("_text").str.json_decode(dtype).alias("_v")).unnest(
+            "_v"
+        )
     except pl.exceptions.PolarsError:
         if lines.height == 1:
             return empty
@@ -432,6 +451,13 @@ def _trl_preference(lf: pl.LazyFrame, schema: pl.Schema) -> pl.LazyFrame:
         pl.List(MESSAGE),
     ):
         return lf.select("_line").clear()
+    lists = [
+        pl.col(n).list.len() for n in ("chosen", "rejected", "prompt") if schema.get(n) == pl.List
+    ]
+    if lists and "_n_role" in schema:
+        # JSON Lines: each message has each key once (Polars keeps the first, Python the last).
+        total = pl.sum_horizontal(lists)
+        lf = lf.filter((pl.col("_n_role") == total) & (pl.col("_n_content") == total))
     system = pl.col("system") if system_type == pl.String else pl.lit(None, dtype=pl.String)
     system = pl.when(_strip(system) != "").then(system)
     head = (
@@ -757,18 +783,8 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         pl.col("score_chosen").cast(pl.Float64),
         pl.col("score_rejected").cast(pl.Float64),
     )
-    # json.dumps([prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":")): Polars
-    # writes strings exactly as Python does (checked on every code point); each part is
-    # encoded as a one-field object, whose key and braces are cut off.
-    parts = [
-        pl.struct(pl.col(name).alias("k")).struct.json_encode().str.slice(5).str.head(-1)
-        for name in ("prompt", "chosen", "rejected")
-    ]
-    payload = pl.concat_str(
-        [pl.lit("["), parts[0], pl.lit(","), parts[1], pl.lit(","), parts[2], pl.lit("]")]
-    )
-    return frame.with_columns(payload.alias("_payload")).select(
-        plh.col("_payload").chash.sha2_256().str.head(32).alias("id"),
+    return frame.with_columns(pair_ids()).select(
+        "id",
         "prompt",
         "chosen",
         "rejected",
@@ -778,3 +794,40 @@ def _finish(pairs: pl.DataFrame, path: Path, source: str) -> pl.DataFrame:
         pl.lit(str(path), dtype=pl.String).alias("_file"),
         pl.col("_line").cast(pl.Int64),
     )
+
+
+def json_value(value: pl.Expr) -> pl.Expr:
+    """`value` as `json.dumps(..., ensure_ascii=False, separators=(",", ":"))` writes it: Polars
+    writes strings exactly as Python does (checked on every code point); the value is encoded
+    as a one-field object, whose key and braces are cut off."""
+    return pl.struct(value.alias("k")).struct.json_encode().str.slice(5).str.head(-1)
+
+
+def pair_ids() -> pl.Expr:
+    """`records.pair_id` of the `prompt`, `chosen` and `rejected` columns (PAIR_SCHEMA types),
+    as column `id`."""
+    parts = [json_value(pl.col(name)) for name in ("prompt", "chosen", "rejected")]
+    payload = pl.concat_str(
+        [pl.lit("["), parts[0], pl.lit(","), parts[1], pl.lit(","), parts[2], pl.lit("]")]
+    )
+    return sha256_hex(payload).str.head(32).alias("id")
+
+
+def sha256_hex(text: pl.Expr) -> pl.Expr:
+    """Hex sha256 of the UTF-8 text, as hashlib gives it (Rust, via polars-hash)."""
+    return text.chash.sha2_256()
+
+
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+"""The characters Python's `str.strip`, `str.isspace` and `re`'s `\\s` take for whitespace:
+Polars' (Rust's) whitespace plus \\x1c-\\x1f."""
+PY_SPACE = r"[\s\x1c-\x1f]"
+"""Python's `\\s` as a Polars regex."""
+
+
+def py_strip(text: pl.Expr) -> pl.Expr:
+    """`str.strip()` as Python does it."""
+    return text.str.strip_chars(PY_WHITESPACE)
