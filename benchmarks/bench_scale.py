@@ -41,9 +41,9 @@ NODES = (1, 2, 4, 8, 16, 32, 64)
 NETWORK_BYTES_PER_S = 1.25e9
 """10 Gbit/s between nodes, for the keys gathered to the driver and the decisions sent back."""
 STAGES = ("convert", "validate", "dedupe", "near_dedupe", "filter", "decontaminate", "split")
-SECONDS_PER_MILLION = {"generate": 17.0, "local": 158.0, "ray": 128.0}
+SECONDS_PER_MILLION = {"generate": 17.6, "local": 83.0, "ray": 85.0}
 """Seconds per million pairs on an idle 2-CPU machine, for the estimate printed before a run when
-no earlier result is at hand: the idle 10 M run of 2026-12-01 (local 1,583 s, Ray 1,280 s)."""
+no earlier result is at hand: the 10 M run of 2026-12-01 11:52 UTC (local 828 s, Ray 847 s)."""
 
 
 def write_inputs(directory: Path, num_pairs: int) -> list[Path]:
