@@ -63,30 +63,48 @@ def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> F
     split = options.role_markers == "split"
     kind = input_kind(path)
     if kind == "parquet":
-        try:
-            table = pq.read_table(path)
-            frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
-        except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
-            return None  # the per-row reader reports what is wrong with the file
-        if not table.num_columns:
-            return None  # Arrow takes no rows from a table without columns
+        if (parquet := parquet_rows(path)) is None:
+            return None
+        table, frame = parquet
         pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
-        rest = _rest_lines(frame["_line"], pairs)
-        values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
-        rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
-        return FastRows(_finish(pairs, path, source), rows)
+        return FastRows(_finish(pairs, path, source), parquet_rest(table, frame, pairs))
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
     parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
     pairs = _without_markers(
         pl.concat(parts, how="diagonal_relaxed").sort("_line", maintain_order=True), split=split
     )
+    return FastRows(_finish(pairs, path, source), json_lines_rest(lines, pairs))
+
+
+def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
+    """The Parquet file as an Arrow table and as a frame with `_line` (1-based); None when it
+    cannot be read or has no columns (the per-row reader says what is wrong, or takes no rows)."""
+    try:
+        table = pq.read_table(path)
+        frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
+    except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+        return None
+    return (table, frame) if table.num_columns else None
+
+
+def parquet_rest(table: pa.Table, frame: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
+    """The rows of a `parquet_rows` file whose `_line` is not in `done`, in order, for the
+    per-row converter."""
+    rest = _rest_lines(frame["_line"], done)
+    values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
+    return [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
+
+
+def json_lines_rest(lines: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
+    """The rows of `_json_lines` whose `_line` is not in `done`, parsed as the per-row reader
+    parses them, and the blank lines, in file order."""
     is_row = _is_row(pl.col("_text"))
-    rest = _rest_lines(lines.filter(is_row)["_line"], pairs)
+    rest = _rest_lines(lines.filter(is_row)["_line"], done)
     texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
     rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
     blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
-    return FastRows(_finish(pairs, path, source), sorted([*rows, *blank], key=lambda r: r.line))
+    return sorted([*rows, *blank], key=lambda r: r.line)
 
 
 _LEADING_LABEL = r"^[\s\x1c-\x1f]*(Human|Assistant):"

@@ -23,12 +23,10 @@ from orpo_pipeline.formats.readers import (
     _LONE_SURROGATE,
     MAX_NESTING,
     MAX_RAW_CHARS,
-    BlankLine,
     ReadItem,
     SourceRow,
     _json_records,
     _may_hold_problems,
-    _parse_json_line,
     input_kind,
 )
 from orpo_pipeline.formats.rows import Pending, RowError
@@ -43,11 +41,13 @@ from orpo_pipeline.formats.vectorized import (
     _LEADING_LABEL,
     MESSAGE,
     _decode,
-    _is_row,
     _json_lines,
     _mapped,
     _rest_lines,
+    json_lines_rest,
     pair_ids,
+    parquet_rest,
+    parquet_rows,
     py_strip,
 )
 from orpo_pipeline.records import PAIR_SCHEMA
@@ -73,18 +73,11 @@ def fast_targets(path: Path, name: str, options: ConvertOptions) -> FastTargets 
     split = options.role_markers == "split"
     kind = input_kind(path)
     if kind == "parquet":
-        try:
-            table = pq.read_table(path)
-            frame = pl.from_arrow(table, rechunk=False).with_row_index("_line", offset=1)
-        except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
-            return None  # the per-row reader reports what is wrong with the file
-        if not table.num_columns:
-            return None  # Arrow takes no rows from a table without columns
+        if (parquet := parquet_rows(path)) is None:
+            return None
+        table, frame = parquet
         targets = _targets(build(frame.lazy(), frame.schema), split=split)
-        rest = _rest_lines(frame["_line"], targets)
-        values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
-        rows = [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
-        return FastTargets(targets, rows)
+        return FastTargets(targets, parquet_rest(table, frame, targets))
     items: dict[int, dict] = {}
     if kind == "json" and (array := _json_array(path)) is not None:
         lines, items = array
@@ -97,14 +90,10 @@ def fast_targets(path: Path, name: str, options: ConvertOptions) -> FastTargets 
         for frame in _decode(counted.filter(fits), name, [layout])
     ]
     targets = _targets(pl.concat(parts, how="diagonal_relaxed"), split=split).sort("_line")
-    is_row = _is_row(pl.col("_text"))
-    rest = _rest_lines(lines.filter(is_row)["_line"], targets)
     if items:
+        rest = _rest_lines(lines["_line"], targets)
         return FastTargets(targets, [SourceRow(int(n), items[n]) for n in rest])
-    texts = lines.filter(pl.col("_line").is_in(rest))["_text"].to_list()
-    rows = [_parse_json_line(int(n), t.encode()) for n, t in zip(rest, texts, strict=True)]
-    blank = [BlankLine(n) for n in lines.filter(~is_row)["_line"].to_list()]
-    return FastTargets(targets, sorted([*rows, *blank], key=lambda r: r.line))
+    return FastTargets(targets, json_lines_rest(lines, targets))
 
 
 def _json_array(path: Path) -> tuple[pl.DataFrame, dict[int, dict]] | None:
