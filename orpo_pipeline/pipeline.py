@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orpo_pipeline import formats, records
 from orpo_pipeline.cache import (
-    Compression,
     Shard,
     StageCache,
     StageOutput,
@@ -42,7 +41,7 @@ from orpo_pipeline.executors import Executor, executor
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.convert import FORMATS, ROW_PAIRERS, detect_format
 from orpo_pipeline.formats.mapping import mapping_kind
-from orpo_pipeline.io import scan_frame, write_frames, write_text
+from orpo_pipeline.io import scan_frame, sink_frame, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
@@ -159,12 +158,6 @@ def _read_slice(window: Slice) -> pl.LazyFrame:
     return pl.concat(parts) if parts else pl.LazyFrame(schema=window.schema)
 
 
-def _slices(paths: list[Path], shard_rows: int) -> Iterator[pl.DataFrame]:
-    """Each run of `shard_rows` rows of a stage output, read one at a time."""
-    for window in _slices_of(paths, shard_rows):
-        yield _read_slice(window).collect()
-
-
 def _split_tagged(tagged: pl.DataFrame) -> Shard:
     """Kept and rejected rows (with reason, file and line first), both in `_row` order."""
     tagged = tagged.sort(ROW)
@@ -185,7 +178,7 @@ def _split_tagged(tagged: pl.DataFrame) -> Shard:
 
 
 def convert_task(
-    directory: Path, index: int, source: SourceConfig, paths: list[Path], compression: Compression
+    directory: Path, index: int, source: SourceConfig, paths: list[Path], scratch: bool
 ) -> dict:
     """Convert `paths` into shard `index` of the source's entry; the pairs get `_row` when read."""
     if done := finished_shard(directory, index):
@@ -196,7 +189,7 @@ def convert_task(
         directory,
         index,
         shard,
-        compression=compression,
+        scratch=scratch,
         format=result.format,
         first=str(paths[0]),
     )
@@ -219,7 +212,7 @@ def stage_task(
     window: Slice,
     stage: BaseModel,
     decided: pl.DataFrame | None,
-    compression: Compression,
+    scratch: bool,
 ) -> dict:
     """Run a stage on one slice of its input into shard `index`; a global stage applies the
     decisions made on all keys (`decided`: `_row` and what the stage adds, for this slice)."""
@@ -232,7 +225,7 @@ def stage_task(
         frame = shard.collect()
         assert decided[ROW].equals(frame[ROW])  # both in `_row` order, one row per row
         tagged = frame.join(decided, on=ROW, how="left", maintain_order="left")
-    return write_shard(directory, index, _split_tagged(tagged), compression=compression)
+    return write_shard(directory, index, _split_tagged(tagged), scratch=scratch)
 
 
 def _pairs_row_by_row(source: SourceConfig) -> bool:
@@ -244,11 +237,11 @@ def _pairs_row_by_row(source: SourceConfig) -> bool:
 
 
 def _compute_source(
-    source: SourceConfig, executor: Executor, directory: Path, compression: Compression
+    source: SourceConfig, executor: Executor, directory: Path, scratch: bool
 ) -> int:
     """Convert the inputs: one shard per file when rows pair on their own, else one for all."""
     groups = [[p] for p in source.inputs] if _pairs_row_by_row(source) else [source.inputs]
-    calls = [(directory, i, source, g, compression) for i, g in enumerate(groups)]
+    calls = [(directory, i, source, g, scratch) for i, g in enumerate(groups)]
     done = executor.map(convert_task, calls)
     first = done[0]
     for other in done[1:]:
@@ -267,7 +260,7 @@ def _compute_stage(
     shard_rows: int,
     executor: Executor,
     directory: Path,
-    compression: Compression,
+    scratch: bool,
 ) -> int:
     """Run a stage slice by slice; a global stage first decides on the keys of all rows."""
     function = STAGES[stage.stage]
@@ -280,7 +273,7 @@ def _compute_stage(
         del keys
         decided = [all_decided.slice(w.start, w.rows) for w in windows]
     calls = [
-        (directory, i, w, stage, d, compression)
+        (directory, i, w, stage, d, scratch)
         for i, (w, d) in enumerate(zip(windows, decided, strict=True))
     ]
     executor.map(stage_task, calls, parallel=stage.parallel_shards)
@@ -332,9 +325,7 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch.", dir=root) as scratch:
         cache = (
-            StageCache(root / "stages")
-            if spec.cache
-            else StageCache(Path(scratch), compression="uncompressed")
+            StageCache(root / "stages") if spec.cache else StageCache(Path(scratch), scratch=True)
         )
         with executor(spec.executor, spec.address) as runner:
             report, inputs = _run_steps(spec, cache, runner, stat_cache=root / "hashes.json")
@@ -378,10 +369,10 @@ def _run_steps(
             directory = cache.begin(key)
             try:
                 num_shards = (
-                    _compute_source(spec.source, executor, directory, cache.compression)
+                    _compute_source(spec.source, executor, directory, cache.scratch)
                     if previous is None
                     else _compute_stage(
-                        previous, step, spec.shard_rows, executor, directory, cache.compression
+                        previous, step, spec.shard_rows, executor, directory, cache.scratch
                     )
                 )
             except BaseException:
@@ -394,7 +385,7 @@ def _run_steps(
             output = stored
         name = "convert" if is_source else step.stage
         rejects_file = out_dir / "rejects" / f"{index:02d}_{name}.jsonl"
-        write_frames(_slices(output.rejected, spec.shard_rows), rejects_file)
+        sink_frame(_scan_parts(output.rejected), rejects_file)
         reports.append(
             StageReport(
                 stage=name,
@@ -418,10 +409,11 @@ def _run_steps(
     names = ("train", "eval") if SPLIT in columns else ("pairs",)
     outputs = {}
     for name in names:
-        shards = _slices(previous.kept, spec.shard_rows)
-        parts = (s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in shards)
+        kept = _scan_parts(previous.kept)
+        part = kept.filter(pl.col(SPLIT) == name) if SPLIT in columns else kept
         file_name = f"{name}.{spec.output_format}"
-        outputs[file_name] = write_frames((p.select(public) for p in parts), out_dir / file_name)
+        sink_frame(part.select(public), out_dir / file_name)
+        outputs[file_name] = part.select(pl.len()).collect().item()
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 

@@ -100,23 +100,31 @@ def _bbit(signatures: np.ndarray, bits: int) -> np.ndarray:
     return signatures.astype(np.dtype(f"uint{bits}"))
 
 
-def _similar(signatures: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarray:
+def _similar(signatures: pl.Series, pairs: np.ndarray, threshold: float) -> np.ndarray:
     """Per candidate pair: whether the estimated Jaccard similarity reaches `threshold`.
 
     With b-bit values an unequal pair still agrees with probability 2**-b, so the share of equal
-    values m estimates s + (1 - s) * 2**-b; invert that.
+    values m estimates s + (1 - s) * 2**-b; invert that. Only the pairs' signatures are gathered.
     """
-    chance = 2.0 ** -(signatures.dtype.itemsize * 8)
     similar = []
     for chunk in np.array_split(pairs, max(1, len(pairs) // 1_000_000)):
-        equal = (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).mean(axis=1)
+        left, right = (signatures.gather(chunk[:, side]).to_numpy() for side in (0, 1))
+        chance = 2.0 ** -(left.dtype.itemsize * 8)
+        equal = (left == right).mean(axis=1)
         similar.append((equal - chance) / (1 - chance) >= threshold)
     return np.concatenate(similar) if similar else np.zeros(0, dtype=bool)
 
 
-def _band_keys(columns: np.ndarray) -> np.ndarray:
-    """One uint64 per row standing for a band's values: their bytes themselves when they fit in
-    eight (8 values of 8 bits, the default), else a hash of them."""
+def _band_keys(signatures: pl.Series, band: slice) -> np.ndarray:
+    """One uint64 per row standing for a band's values (the `band` columns of each signature):
+    their bytes themselves when they fit in eight (8 values of 8 bits, the default), else a hash
+    of them. Read chunk by chunk of the Array series, so the signatures are never copied whole."""
+    return np.concatenate(
+        [_chunk_band_keys(chunk.to_numpy()[:, band]) for chunk in signatures.get_chunks()]
+    )
+
+
+def _chunk_band_keys(columns: np.ndarray) -> np.ndarray:
     width = columns.shape[1] * columns.itemsize
     if width > 8:
         key = np.zeros(len(columns), dtype=np.uint64)
@@ -128,19 +136,20 @@ def _band_keys(columns: np.ndarray) -> np.ndarray:
     return padded.view(np.uint64).ravel()
 
 
-def _candidate_pairs(signatures: np.ndarray, config: NearDedupeConfig) -> np.ndarray:
+def _candidate_pairs(signatures: pl.Series, config: NearDedupeConfig) -> np.ndarray:
     """Pairs (earlier, later) of row positions that share a band; each later row is paired with
     the earliest row of its bucket. Shape (num_pairs, 2), unique, sorted."""
     rows = len(signatures)
     codes = []  # each pair as earlier * rows + later: int64 sorts far faster than row pairs
     for band in range(config.bands):
-        key = _band_keys(
-            signatures[:, band * config.rows_per_band : (band + 1) * config.rows_per_band]
-        )
+        width = config.rows_per_band
+        key = _band_keys(signatures, slice(band * width, (band + 1) * width))
         order = np.argsort(key)
         sorted_key = key[order]
+        del key
         new_bucket = np.ones(rows, dtype=bool)
         new_bucket[1:] = sorted_key[1:] != sorted_key[:-1]
+        del sorted_key
         bucket_first = np.minimum.reduceat(order, np.flatnonzero(new_bucket))
         first = bucket_first[np.cumsum(new_bucket) - 1]
         later = first != order
@@ -163,27 +172,28 @@ def _components(num_rows: int, pairs: np.ndarray) -> np.ndarray:
             parent = grandparent  # pointer jumping until every row points at its root
 
 
-def cluster_roots(signatures: np.ndarray, config: NearDedupeConfig) -> np.ndarray:
-    """For signatures in row order: the position of each row's cluster root (itself if alone)."""
+def cluster_roots(signatures: pl.Series, config: NearDedupeConfig) -> np.ndarray:
+    """For an Array series of signatures in row order: the position of each row's cluster root
+    (itself if alone)."""
     pairs = _candidate_pairs(signatures, config)
     linked = pairs[_similar(signatures, pairs, config.threshold)]
     return _components(len(signatures), linked)
 
 
-def _clusters(batch: pl.Series, config: NearDedupeConfig) -> pl.Series:
-    frame = batch.struct.unnest()
-    order = np.argsort(frame[ROW].to_numpy(), kind="stable")
-    signatures = frame["signature"].to_numpy()
-    if (order != np.arange(len(order))).any():  # keys arrive in `_row` order: no copy then
-        signatures = signatures[order]
-    roots = np.empty(len(frame), dtype=np.int64)
-    roots[order] = order[cluster_roots(signatures, config)]
-    del signatures
-    in_cluster = np.bincount(roots, minlength=len(frame))[roots] > 1
-    cluster_ids = frame["id"].gather(roots).scatter(np.flatnonzero(~in_cluster), None)
+def _clusters(keys: pl.DataFrame, config: NearDedupeConfig) -> pl.DataFrame:
+    """`_row`, `_cluster` and `_near_duplicate` for keys (`_row`, `id`, `_signature`)."""
+    if not keys[ROW].is_sorted():  # keys arrive in `_row` order: no copy then
+        keys = keys.sort(ROW)
+    roots = cluster_roots(keys["_signature"], config)
+    in_cluster = np.bincount(roots, minlength=keys.height)[roots] > 1
+    cluster_ids = keys["id"].gather(roots).scatter(np.flatnonzero(~in_cluster), None)
     return pl.DataFrame(
-        {CLUSTER: cluster_ids, "_near_duplicate": roots != np.arange(len(frame))}
-    ).to_struct()
+        {
+            ROW: keys[ROW],
+            CLUSTER: cluster_ids,
+            "_near_duplicate": roots != np.arange(keys.height),
+        }
+    )
 
 
 def _signature_dtype(config: NearDedupeConfig) -> pl.DataType:
@@ -205,10 +215,8 @@ def _keys(lf: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
 
 def _decide(keys: pl.LazyFrame, config: NearDedupeConfig) -> pl.LazyFrame:
     """Tag later members of near-duplicate prompt clusters; add `_cluster` to every member."""
-    columns = pl.struct(pl.col("_signature").alias("signature"), ROW, "id")
-    dtype = pl.Struct({CLUSTER: pl.String, "_near_duplicate": pl.Boolean})
-    clusters = columns.map_batches(lambda batch: _clusters(batch, config), return_dtype=dtype)
-    lf = keys.select(ROW, clusters.alias("_clusters")).unnest("_clusters")
+    schema = {ROW: keys.collect_schema()[ROW], CLUSTER: pl.String, "_near_duplicate": pl.Boolean}
+    lf = keys.map_batches(lambda frame: _clusters(frame, config), schema=schema)
     return tag_rejects(lf, {"near_duplicate": ~pl.col("_near_duplicate")}).select(
         ROW, CLUSTER, REASON
     )
