@@ -5,13 +5,14 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from polars.testing import assert_frame_equal
 
-from orpo_pipeline import pipeline
+from orpo_pipeline import cache, pipeline
 from orpo_pipeline.config_files import load_config
-from orpo_pipeline.io import write_frame
+from orpo_pipeline.io import SINK_ROW_GROUP, sink_frame, write_frame
 from orpo_pipeline.pipeline import (
     PipelineSpec,
     read_reject_labels,
@@ -403,3 +404,41 @@ def test_a_slice_reads_only_the_shard_files_that_hold_it_with_the_whole_schema(t
     assert window.pieces == ((paths[1], 1, 1), (paths[2], 0, 1))
     plan = pipeline._read_slice(pipeline._slices_of(paths, 5)[1]).explain()  # rows 5 to 8
     assert paths[2].name in plan and paths[0].name not in plan and paths[1].name not in plan
+
+
+def test_outputs_and_rejects_stream_every_shard_in_row_order_with_the_whole_schema(tmp_path):
+    # The final files and the rejects are written by `sink_frame` from all shard files at once.
+    frames = [
+        pl.DataFrame({"a": list(range(70_000)), "b": [None] * 70_000}),
+        pl.DataFrame({"a": [70_000, 70_001], "b": ["x", None]}),
+        pl.DataFrame({"a": list(range(70_002, 100_000))}),
+    ]
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(tmp_path / f"rejected-{i:05d}.parquet")
+        frame.write_parquet(paths[-1])
+    whole = pl.concat(frames, how="diagonal_relaxed")
+    sink_frame(pipeline._scan_parts(paths), tmp_path / "out.jsonl")
+    sink_frame(pipeline._scan_parts(paths), tmp_path / "out.parquet")
+    whole.write_ndjson(tmp_path / "expected.jsonl")
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
+    assert_frame_equal(pl.read_parquet(tmp_path / "out.parquet"), whole)
+    metadata = pq.ParquetFile(tmp_path / "out.parquet").metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert sum(sizes) == 100_000 and max(sizes) <= SINK_ROW_GROUP
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+@pytest.mark.parametrize("scratch", [True, False])
+def test_scratch_shards_are_uncompressed_and_not_flushed(scratch, tmp_path, monkeypatch):
+    flushed = []
+    monkeypatch.setattr(cache.os, "fsync", lambda fd: flushed.append(fd))
+    shard = (pl.DataFrame({"a": [1, 2]}), pl.DataFrame({"reason": ["x"]}), 3)
+    record = cache.write_shard(tmp_path, 0, shard, scratch=scratch, format="hh_rlhf")
+    assert record == {"rows_in": 3, "format": "hh_rlhf"}
+    assert cache.finished_shard(tmp_path, 0) == record
+    kept, rejected, _ = cache.shard_paths(tmp_path, 0)
+    codec = pq.ParquetFile(kept).metadata.row_group(0).column(0).compression
+    assert codec == ("UNCOMPRESSED" if scratch else "LZ4")
+    assert len(flushed) == (0 if scratch else 3)  # kept, rejected and the marker
+    assert_frame_equal(pl.read_parquet(rejected), shard[1])
