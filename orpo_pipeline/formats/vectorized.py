@@ -9,7 +9,7 @@ provenance included, does not depend on which path a row took (tested row for ro
 import gzip
 import io
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +19,7 @@ import polars_hash  # noqa: F401 (registers the `chash` expression namespace)
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orpo_pipeline.errors import DataError
 from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import SCORE_FIELDS
@@ -42,39 +43,104 @@ _ESCAPED_KEY = r'"[^"\\]*\\u[0-9a-fA-F]{4}[^"]*"\s*:'
 
 
 class FastRows(NamedTuple):
-    """Pairs made here and the rows left for the per-row converter."""
+    """Of one slice of a file: the pairs made here and the rows left for the per-row converter."""
 
     pairs: pl.DataFrame
-    """PAIR_SCHEMA columns plus `_file` and `_line`, one pair per converted row, in file order."""
+    """PAIR_SCHEMA columns plus `_file` and `_line`, the pairs of the converted rows (a row's
+    pairs in order; the rows not sorted)."""
     rest: list[ReadItem]
     """The other rows and the blank lines, in file order."""
 
 
-def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> FastRows | None:
-    """Convert what can be converted of `path` (format `name`) with Polars; None when the format
-    or the file kind has no vectorised path, or when salvaging (the caller converts every row
-    itself). With `role_markers='split'`, pairs with a text that starts with a role label go
-    back to the per-row converter, which splits or strips the labels and counts the changes."""
+SLICE_ROWS = 50_000
+"""Rows converted together: a file is read and converted a slice at a time, so converting it
+needs memory for its pairs and one slice, not for the whole file several times over."""
+
+
+def fast_pairs(
+    path: Path, name: str, options: ConvertOptions, source: str
+) -> Iterator[FastRows] | None:
+    """Convert what can be converted of `path` (format `name`) with Polars, one slice of rows at
+    a time, in file order; None when the format or the file kind has no vectorised path, or when
+    salvaging (the caller converts every row itself). With `role_markers='split'`, pairs with a
+    text that starts with a role label go back to the per-row converter, which splits or strips
+    the labels and counts the changes."""
     build = _BUILDERS.get(name)
     if build is None or options.mapping is not None or options.salvage:
         return None
     if name in _RANKED:
         build = _ranked(build, options)
     split = options.role_markers == "split"
+
+    def convert(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """The pairs of one slice (one frame per layout its rows were decoded with)."""
+        parts = [build(frame.lazy(), frame.schema).collect() for frame in frames]
+        pairs = pl.concat(parts, how="diagonal_relaxed")
+        return _finish(_without_markers(pairs, split=split), path, source)
+
     kind = input_kind(path)
     if kind == "parquet":
-        if (parquet := parquet_rows(path)) is None:
-            return None
-        table, frame = parquet
-        pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
-        return FastRows(_finish(pairs, path, source), parquet_rest(table, frame, pairs))
+        batches = parquet_batches(path)
+        return None if batches is None else _parquet_slices(path, batches, convert)
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
-    parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
-    pairs = _without_markers(
-        pl.concat(parts, how="diagonal_relaxed").sort("_line", maintain_order=True), split=split
-    )
-    return FastRows(_finish(pairs, path, source), json_lines_rest(lines, pairs))
+    return _json_lines_slices(lines, name, convert)
+
+
+def _json_lines_slices(
+    lines: pl.DataFrame, name: str, convert: Callable[[list[pl.DataFrame]], pl.DataFrame]
+) -> Iterator[FastRows]:
+    """`FastRows` of each slice of `_json_lines` (the lines are decoded slice by slice)."""
+    for start in range(0, lines.height, SLICE_ROWS):
+        part = lines.slice(start, SLICE_ROWS)
+        pairs = convert(_decode(part, name))
+        yield FastRows(pairs, json_lines_rest(part, pairs))
+
+
+def parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]] | None:
+    """The Parquet file in slices of `SLICE_ROWS` rows, each as an Arrow batch (read as the
+    per-row reader reads it) and as a frame with `_line` (1-based); None when the file cannot
+    be opened, has no columns or its first slice does not go into Polars (the per-row reader
+    says what is wrong, or takes the rows).
+
+    Raises:
+        DataError: a later slice cannot be read (as the per-row reader would raise).
+    """
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=SLICE_ROWS)
+        first = next(batches, None)
+        if first is None or not first.num_columns:
+            return None
+        frame = pl.from_arrow(first).with_row_index("_line", offset=1)
+    except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+        return None
+    return _later_batches(path, (first, frame), batches)
+
+
+def _later_batches(
+    path: Path,
+    first: tuple[pa.RecordBatch, pl.DataFrame],
+    batches: Iterator[pa.RecordBatch],
+) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]]:
+    yield first
+    line = first[0].num_rows + 1
+    try:
+        for batch in batches:
+            yield batch, pl.from_arrow(batch).with_row_index("_line", offset=line)
+            line += batch.num_rows
+    except pa.ArrowException as error:
+        msg = f"{path} is not a readable Parquet file: {error}"
+        raise DataError(msg) from error
+
+
+def _parquet_slices(
+    path: Path,
+    batches: Iterator[tuple[pa.RecordBatch, pl.DataFrame]],
+    convert: Callable[[list[pl.DataFrame]], pl.DataFrame],
+) -> Iterator[FastRows]:
+    """`FastRows` of each slice of a Parquet file."""
+    for batch, frame in batches:
+        yield FastRows(pairs := convert([frame]), parquet_rest(batch, frame, pairs))
 
 
 def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
@@ -88,11 +154,16 @@ def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
     return (table, frame) if table.num_columns else None
 
 
-def parquet_rest(table: pa.Table, frame: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
-    """The rows of a `parquet_rows` file whose `_line` is not in `done`, in order, for the
-    per-row converter."""
-    rest = _rest_lines(frame["_line"], done)
-    values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
+def parquet_rest(
+    table: pa.Table | pa.RecordBatch, frame: pl.DataFrame, done: pl.DataFrame
+) -> list[ReadItem]:
+    """The rows of `table` (as `frame`, with `_line`) whose `_line` is not in `done`, in
+    order, for the per-row converter."""
+    lines = frame["_line"]
+    left = ~lines.is_in(done["_line"].cast(lines.dtype).implode())
+    positions = left.arg_true().to_numpy()
+    values = table.take(pa.array(positions)).to_pylist() if len(positions) else []
+    rest = lines.gather(positions).to_list()
     return [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
 
 

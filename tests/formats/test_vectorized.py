@@ -16,6 +16,7 @@ from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_file
 from tests.conftest import REPO
 
 HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+pytestmark = pytest.mark.usefixtures("small_slices")
 
 
 def per_row(paths: list[Path], options: ConvertOptions, monkeypatch) -> ConversionResult:
@@ -42,13 +43,15 @@ def assert_same(fast: ConversionResult, slow: ConversionResult) -> None:
 
 
 def converted_here(path: Path, options: ConvertOptions) -> int:
-    fast = vectorized.fast_pairs(path, options.format, options, path.name)
-    assert fast is not None
-    return fast.pairs.height
+    """Pairs the vectorised path makes of `path` (every slice)."""
+    slices = vectorized.fast_pairs(path, options.format, options, path.name)
+    assert slices is not None
+    return sum(part.pairs.height for part in slices)
 
 
 @pytest.mark.parametrize("role_markers", ["split", "keep"])
 def test_the_vendored_hh_file_row_for_row(monkeypatch, role_markers):
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 500)
     options = ConvertOptions(format="hh_rlhf", role_markers=role_markers)
     fast = convert_files([HH], options)
     assert_same(fast, per_row([HH], options, monkeypatch))
@@ -61,6 +64,7 @@ def test_the_vendored_hh_file_row_for_row(monkeypatch, role_markers):
 
 
 def test_hh_as_parquet_and_trl_layouts_row_for_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 128)
     with gzip.open(HH, "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle][:600]
     hh = pl.DataFrame(rows)
@@ -284,6 +288,7 @@ def _vendored_preference_files() -> list[Path]:
 def test_every_vendored_preference_file_row_for_row(path, monkeypatch):
     from orpo_pipeline.formats.convert import detect_format
 
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 256)
     options = ConvertOptions(format=detect_format(path))
     assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
 

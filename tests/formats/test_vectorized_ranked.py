@@ -18,6 +18,8 @@ from tests.formats.conftest import write_jsonl
 from tests.formats.test_ranked import UF_ROW, uf_completion
 from tests.formats.test_vectorized import assert_same, converted_here, jsonl, per_row
 
+pytestmark = pytest.mark.usefixtures("small_slices")
+
 OPTIONS = [
     {"score_source": source, "aspect": aspect, "rejected": rejected, **knobs}
     for (source, aspect), rejected, knobs in itertools.product(
