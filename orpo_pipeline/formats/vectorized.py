@@ -9,9 +9,11 @@ provenance included, does not depend on which path a row took (tested row for ro
 import gzip
 import io
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import polars as pl
@@ -52,7 +54,9 @@ class FastRows(NamedTuple):
     """The other rows and the blank lines, in file order."""
 
 
-SLICE_ROWS = 50_000
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+SLICE_ROWS = 20_000
 """Rows converted together: a file is read and converted a slice at a time, so converting it
 needs memory for its pairs and one slice, not for the whole file several times over."""
 
@@ -78,23 +82,35 @@ def fast_pairs(
         pairs = pl.concat(parts, how="diagonal_relaxed")
         return _finish(_without_markers(pairs, split=split), path, source)
 
+    def parquet_slice(batch: tuple[pa.RecordBatch, pl.DataFrame]) -> FastRows:
+        pairs = convert([batch[1]])
+        return FastRows(pairs, parquet_rest(*batch, pairs))
+
+    def json_lines_slice(part: pl.DataFrame) -> FastRows:
+        pairs = convert(_decode(part, name))
+        return FastRows(pairs, json_lines_rest(part, pairs))
+
     kind = input_kind(path)
     if kind == "parquet":
         batches = parquet_batches(path)
-        return None if batches is None else _parquet_slices(path, batches, convert)
+        return None if batches is None else _in_order(parquet_slice, batches)
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
-    return _json_lines_slices(lines, name, convert)
+    parts = (lines.slice(start, SLICE_ROWS) for start in range(0, lines.height, SLICE_ROWS))
+    return _in_order(json_lines_slice, parts)
 
 
-def _json_lines_slices(
-    lines: pl.DataFrame, name: str, convert: Callable[[list[pl.DataFrame]], pl.DataFrame]
-) -> Iterator[FastRows]:
-    """`FastRows` of each slice of `_json_lines` (the lines are decoded slice by slice)."""
-    for start in range(0, lines.height, SLICE_ROWS):
-        part = lines.slice(start, SLICE_ROWS)
-        pairs = convert(_decode(part, name))
-        yield FastRows(pairs, json_lines_rest(part, pairs))
+def _in_order(work: Callable[[_T], _R], items: Iterator[_T]) -> Iterator[_R]:
+    """`work` of each item, in order; the next item's work runs on a second thread while the
+    caller takes this one's result (Polars and Arrow let go of the GIL, so both cores work)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        running: deque[Future[_R]] = deque()
+        for item in items:
+            running.append(pool.submit(work, item))
+            if len(running) > 1:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
 
 
 def parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]] | None:
@@ -131,16 +147,6 @@ def _later_batches(
     except pa.ArrowException as error:
         msg = f"{path} is not a readable Parquet file: {error}"
         raise DataError(msg) from error
-
-
-def _parquet_slices(
-    path: Path,
-    batches: Iterator[tuple[pa.RecordBatch, pl.DataFrame]],
-    convert: Callable[[list[pl.DataFrame]], pl.DataFrame],
-) -> Iterator[FastRows]:
-    """`FastRows` of each slice of a Parquet file."""
-    for batch, frame in batches:
-        yield FastRows(pairs := convert([frame]), parquet_rest(batch, frame, pairs))
 
 
 def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
