@@ -217,10 +217,10 @@ def _json_lines(path: Path) -> pl.DataFrame | None:
     """`_line` (1-based, as the per-row reader counts) and `_text` of every line; None when the
     file cannot be read or is not valid UTF-8 as a whole (the per-row reader handles it)."""
     try:
-        data = path.read_bytes()
+        source = path
         if path.name.lower().endswith(".gz"):
-            data = gzip.decompress(data)
-        lines = pl.scan_lines(io.BytesIO(data), name="_text").collect()
+            source = io.BytesIO(gzip.decompress(path.read_bytes()))
+        lines = pl.scan_lines(source, name="_text").collect()
     except (OSError, EOFError, zlib.error, pl.exceptions.PolarsError):
         return None  # the per-row reader reports what is wrong with the file
     return lines.with_row_index("_line", offset=1)
