@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orpo_pipeline.errors import DataError
+from orpo_pipeline.formats import readers
 from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import SCORE_FIELDS
@@ -114,39 +115,34 @@ def _in_order(work: Callable[[_T], _R], items: Iterator[_T]) -> Iterator[_R]:
 
 
 def parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]] | None:
-    """The Parquet file in slices of `SLICE_ROWS` rows, each as an Arrow batch (read as the
-    per-row reader reads it) and as a frame with `_line` (1-based); None when the file cannot
-    be opened, has no columns or its first slice does not go into Polars (the per-row reader
-    says what is wrong, or takes the rows).
+    """The Parquet file in slices of `SLICE_ROWS` rows, each as an Arrow batch (as the per-row
+    reader reads it) and as a frame with `_line` (1-based); None when the file cannot be read,
+    has no columns or its first slice does not go into Polars (the per-row reader says what is
+    wrong, or takes the rows).
 
     Raises:
-        DataError: a later slice cannot be read (as the per-row reader would raise).
+        DataError: a later slice cannot be read (as the per-row reader says).
     """
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=SLICE_ROWS)
+        batches = readers.parquet_batches(path, SLICE_ROWS)
         first = next(batches, None)
         if first is None or not first.num_columns:
             return None
         frame = pl.from_arrow(first).with_row_index("_line", offset=1)
-    except (OSError, pl.exceptions.PolarsError, pa.ArrowException):
+    except (DataError, pl.exceptions.PolarsError):
         return None
-    return _later_batches(path, (first, frame), batches)
+    return _with_frames((first, frame), batches)
 
 
-def _later_batches(
-    path: Path,
-    first: tuple[pa.RecordBatch, pl.DataFrame],
-    batches: Iterator[pa.RecordBatch],
+def _with_frames(
+    first: tuple[pa.RecordBatch, pl.DataFrame], batches: Iterator[pa.RecordBatch]
 ) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]]:
+    """The first slice, then each later batch with its frame."""
     yield first
     line = first[0].num_rows + 1
-    try:
-        for batch in batches:
-            yield batch, pl.from_arrow(batch).with_row_index("_line", offset=line)
-            line += batch.num_rows
-    except pa.ArrowException as error:
-        msg = f"{path} is not a readable Parquet file: {error}"
-        raise DataError(msg) from error
+    for batch in batches:
+        yield batch, pl.from_arrow(batch).with_row_index("_line", offset=line)
+        line += batch.num_rows
 
 
 def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:

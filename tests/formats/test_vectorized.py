@@ -309,3 +309,28 @@ def test_a_field_on_one_line_only_is_checked_on_that_line(tmp_path, monkeypatch)
     assert_same(fast, per_row([path], options, monkeypatch))
     assert converted_here(path, options) >= 36
     assert fast.pairs.filter(pl.col("_line") == 12)["score_rejected"].to_list() == [2.0]
+
+
+def test_a_parquet_file_broken_after_its_first_slice_fails_as_per_row(tmp_path, monkeypatch):
+    """The fast path reads Parquet a slice at a time: a row group that cannot be read after
+    converted slices fails the conversion with the per-row reader's message."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orpo_pipeline.errors import DataError
+
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)]
+    path = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(3).column(1)
+    end = column.data_page_offset + column.total_compressed_size
+    data = bytearray(path.read_bytes())
+    data[end - 8 : end] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    options = ConvertOptions(format="trl_preference")
+    with pytest.raises(DataError) as slow:
+        per_row([path], options, monkeypatch)
+    with pytest.raises(DataError) as fast:
+        convert_files([path], options)
+    assert str(fast.value) == str(slow.value)
+    assert str(path) in str(fast.value)
