@@ -27,7 +27,7 @@ from orpo_pipeline.formats.mapping import (
     mapping_kind,
     parse_mapping,
 )
-from orpo_pipeline.formats.markers import strip_markers
+from orpo_pipeline.formats.markers import LABEL_STRIPPED, strip_markers
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.readers import BadRow, BlankLine, ReadItem, SourceRow, read_rows
 from orpo_pipeline.formats.rows import Pair, Pending, RowError, check_pair
@@ -291,6 +291,8 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
         if slices is not None:
             for part in slices:  # each slice's pairs, fast and per row, in line order
                 first_frame = collector.add_frame(str(path), part.pairs)
+                if part.labels_stripped:
+                    markers[LABEL_STRIPPED] += part.labels_stripped
                 per_row(path, source, part.rest)
                 collector.sort_frames(first_frame)
             continue

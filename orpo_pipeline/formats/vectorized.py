@@ -53,6 +53,8 @@ class FastRows(NamedTuple):
     pairs in order; the rows not sorted)."""
     rest: list[ReadItem]
     """The other rows and the blank lines, in file order."""
+    labels_stripped: int = 0
+    """Answers of `pairs` that lost a leading role label (`role_markers='split'`)."""
 
 
 _T = TypeVar("_T")
@@ -67,9 +69,9 @@ def fast_pairs(
 ) -> Iterator[FastRows] | None:
     """Convert what can be converted of `path` (format `name`) with Polars, one slice of rows at
     a time, in file order; None when the format or the file kind has no vectorised path, or when
-    salvaging (the caller converts every row itself). With `role_markers='split'`, pairs with a
-    text that starts with a role label go back to the per-row converter, which splits or strips
-    the labels and counts the changes."""
+    salvaging (the caller converts every row itself). With `role_markers='split'`, answers lose
+    a leading role label here; pairs with a prompt message that starts with one go back to the
+    per-row converter, which splits the transcript and counts the change."""
     build = _BUILDERS.get(name)
     if build is None or options.mapping is not None or options.salvage:
         return None
@@ -77,19 +79,20 @@ def fast_pairs(
         build = _ranked(build, options)
     split = options.role_markers == "split"
 
-    def convert(frames: list[pl.DataFrame]) -> pl.DataFrame:
-        """The pairs of one slice (one frame per layout its rows were decoded with)."""
+    def convert(frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+        """The pairs of one slice (one frame per layout its rows were decoded with) and the
+        labels stripped from their answers."""
         parts = [build(frame.lazy(), frame.schema).collect() for frame in frames]
-        pairs = pl.concat(parts, how="diagonal_relaxed")
-        return _finish(_without_markers(pairs, split=split), path, source)
+        pairs, labels = _without_markers(pl.concat(parts, how="diagonal_relaxed"), split=split)
+        return _finish(pairs, path, source), labels
 
     def parquet_slice(batch: tuple[pa.RecordBatch, pl.DataFrame]) -> FastRows:
-        pairs = convert([batch[1]])
-        return FastRows(pairs, parquet_rest(*batch, pairs))
+        pairs, labels = convert([batch[1]])
+        return FastRows(pairs, parquet_rest(*batch, pairs), labels)
 
     def json_lines_slice(part: pl.DataFrame) -> FastRows:
-        pairs = convert(_decode(part, name))
-        return FastRows(pairs, json_lines_rest(part, pairs))
+        pairs, labels = convert(_decode(part, name))
+        return FastRows(pairs, json_lines_rest(part, pairs), labels)
 
     kind = input_kind(path)
     if kind == "parquet":
@@ -183,21 +186,35 @@ def json_lines_rest(lines: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
 _LEADING_LABEL = r"^[\s\x1c-\x1f]*(Human|Assistant):"
 """Text that `markers.strip_markers` may change (it also checks the message's role; taking
 every such text back to the per-row converter is never wrong)."""
+_ANSWER_LABEL = _LEADING_LABEL + "[ \t]?"
+"""What `markers.answer_text` takes off an answer (`\\s` is Python's on the texts here, which
+hold no \\x1c-\\x1f)."""
 
 
-def _without_markers(pairs: pl.DataFrame, *, split: bool) -> pl.DataFrame:
-    """`pairs` less those with a prompt message or answer starting with a role label, when
-    `split` (their rows then go to the per-row converter as rows without a pair)."""
+def _without_markers(pairs: pl.DataFrame, *, split: bool) -> tuple[pl.DataFrame, int]:
+    """`pairs` as the per-row converter leaves them with `role_markers='split'` (when `split`),
+    and how many answers lost a label: an answer that starts with a role label loses it, as
+    `markers.answer_text` does. Pairs with a prompt message starting with a label, or whose
+    answers are blank or alike once the labels are gone, are left out (their rows go per row)."""
     if not split or not pairs.height:
-        return pairs
-    labelled = (
+        return pairs, 0
+    labelled_prompt = (
         pl.col("prompt")
         .list.eval(pl.element().struct.field("content").str.contains(_LEADING_LABEL))
         .list.any()
-        | pl.col("_chosen").str.contains(_LEADING_LABEL)
-        | pl.col("_rejected").str.contains(_LEADING_LABEL)
     )
-    return pairs.filter(~labelled.fill_null(value=False))
+    sides = ("_chosen", "_rejected")
+    labelled = [pl.col(side).str.contains(_LEADING_LABEL).alias(f"{side}_label") for side in sides]
+    unlabelled = [_strip(pl.col(side).str.replace(_ANSWER_LABEL, "")).alias(side) for side in sides]
+    chosen, rejected = (pl.col(side) for side in sides)
+    answers_ok = (chosen != "") & (rejected != "") & (chosen != rejected)
+    kept = (
+        pairs.filter(~labelled_prompt.fill_null(value=False))
+        .with_columns(*labelled, *unlabelled)
+        .filter(answers_ok.fill_null(value=False))
+    )
+    stripped = kept.select(pl.sum_horizontal(f"{side}_label" for side in sides).sum()).item()
+    return kept.drop(f"{side}_label" for side in sides), int(stripped or 0)
 
 
 def _rest_lines(lines: pl.Series, pairs: pl.DataFrame) -> np.ndarray:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_files, vectorized
 from tests.conftest import REPO
+from tests.formats.conftest import write_jsonl
 
 HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
 pytestmark = pytest.mark.usefixtures("small_slices")
@@ -334,3 +335,26 @@ def test_a_parquet_file_broken_after_its_first_slice_fails_as_per_row(tmp_path, 
         convert_files([path], options)
     assert str(fast.value) == str(slow.value)
     assert str(path) in str(fast.value)
+
+
+def test_answer_labels_are_stripped_here_as_per_row(tmp_path, monkeypatch):
+    """With role_markers='split' an answer's leading 'Assistant:'/'Human:' label comes off on
+    the fast path too, counted as per row; answers blank or alike without it go per row."""
+    rows = [
+        {"prompt": "q1", "chosen": "Assistant: yes", "rejected": "no"},
+        {"prompt": "q2", "chosen": " Human:\tyes ", "rejected": "Assistant:no"},
+        {"prompt": "q3", "chosen": "Assistant:  ", "rejected": "x"},  # blank without it
+        {"prompt": "q4", "chosen": "Human: same", "rejected": "Assistant: same"},  # alike
+        {"prompt": "Human: q5", "chosen": "a", "rejected": "b"},  # a prompt is split per row
+        {"prompt": "q6", "chosen": "plain", "rejected": "text"},
+    ]
+    path = write_jsonl(tmp_path / "labels.jsonl", rows)
+    for role_markers in ("split", "keep"):
+        options = ConvertOptions(format="trl_preference", role_markers=role_markers)
+        fast = convert_files([path], options)
+        assert_same(fast, per_row([path], options, monkeypatch))
+        assert converted_here(path, options) == (3 if role_markers == "split" else 6)
+    assert fast.markers_changed == {}
+    split = convert_files([path], ConvertOptions(format="trl_preference"))
+    assert split.markers_changed == {"labels_stripped": 7}
+    assert split.reject_counts() == {"empty_response": 1, "identical_responses": 1}
