@@ -1,9 +1,11 @@
-"""Vectorised conversion of HH-RLHF and TRL preference files: Polars over the whole file.
+"""Vectorised conversion of HH-RLHF, TRL preference and UltraFeedback files: Polars over slices
+of `SLICE_ROWS` rows, two slices at a time on two threads.
 
 Rows that Polars can vouch for (well-formed, the common shapes) become pairs here, equal to what
 the per-row converter makes of them; every other row is handed back, in file order, to the
 per-row converter, which pairs or rejects it exactly as it always has. So the output, rejects and
-provenance included, does not depend on which path a row took (tested row for row).
+provenance included, does not depend on which path a row took or on the slice size (tested row
+for row, in slices of a few rows).
 """
 
 import gzip
