@@ -2,7 +2,7 @@
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -27,7 +27,7 @@ from orpo_pipeline.formats.mapping import (
     mapping_kind,
     parse_mapping,
 )
-from orpo_pipeline.formats.markers import strip_markers
+from orpo_pipeline.formats.markers import LABEL_STRIPPED, strip_markers
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.readers import BadRow, BlankLine, ReadItem, SourceRow, read_rows
 from orpo_pipeline.formats.rows import Pair, Pending, RowError, check_pair
@@ -259,13 +259,10 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     markers: Counter[str] = Counter()
     unused = _UnusedFields(options)
     sft_fast: list[vectorized_sft.FileTargets] = []
-    for path, rows in _input_rows(paths, name, options):
-        source = options.source or path.name
-        fast = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
-        targets = vectorized_sft.fast_targets(path, name, options) if kind == "sft" else None
-        first_frame = collector.add_frame(str(path), fast.pairs if fast else None)
-        file_start = len(pending)
-        for row in rows if fast is None and targets is None else (fast or targets).rest:
+
+    def per_row(path: Path, source: str, rows: Iterable[ReadItem]) -> None:
+        """Convert `rows` of `path` one at a time: pairs, rejects or pending records."""
+        for row in rows:
             if isinstance(row, BlankLine):
                 collector.blank_lines += 1
                 continue
@@ -286,8 +283,21 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
                 collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
             else:
                 pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
-        if fast is not None:
-            collector.sort_frames(first_frame)
+
+    for path, rows in _input_rows(paths, name, options):
+        source = options.source or path.name
+        slices = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
+        targets = vectorized_sft.fast_targets(path, name, options) if kind == "sft" else None
+        if slices is not None:
+            for part in slices:  # each slice's pairs, fast and per row, in line order
+                first_frame = collector.add_frame(str(path), part.pairs)
+                if part.labels_stripped:
+                    markers[LABEL_STRIPPED] += part.labels_stripped
+                per_row(path, source, part.rest)
+                collector.sort_frames(first_frame)
+            continue
+        file_start = len(pending)
+        per_row(path, source, rows if targets is None else targets.rest)
         if targets is not None:
             if targets.targets.height:
                 collector.count_row(str(path), targets.targets.height)
@@ -491,10 +501,13 @@ class _Collector:
     def sort_frames(self, start: int) -> None:
         """Order the pairs added since frame `start` (one file's) by line, stably."""
         self._flush()
-        merged = pl.concat(self._frames[start:]).sort("_line", maintain_order=True)
-        self._frames[start:] = [merged]
+        if self._frames[start:]:
+            merged = pl.concat(self._frames[start:]).sort("_line", maintain_order=True)
+            self._frames[start:] = [merged]
 
     def _flush(self) -> None:
+        if not self._columns["id"]:
+            return
         # Arrow builds nested list-of-struct columns from Python objects ~4x faster than Polars.
         table = pa.Table.from_pydict(self._columns, schema=_OUTPUT_ARROW_SCHEMA)
         self._frames.append(pl.DataFrame(pl.from_arrow(table)))
@@ -502,7 +515,9 @@ class _Collector:
 
     def pairs_frame(self) -> pl.DataFrame:
         self._flush()
-        return pl.concat(self._frames, rechunk=True)
+        if not self._frames:
+            return pl.DataFrame(schema=_OUTPUT_SCHEMA)
+        return pl.concat(self._frames, rechunk=False)
 
 
 _OUTPUT_SCHEMA = pl.Schema({**PAIR_SCHEMA, **PROVENANCE_COLUMNS})

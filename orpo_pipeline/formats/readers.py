@@ -21,10 +21,14 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from orpo_pipeline.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MAX_RAW_CHARS = 4096
 """Rejected rows keep at most this many characters of their original text."""
@@ -372,15 +376,40 @@ def _json_items(text: str) -> list[tuple[int, Any]]:
 
 
 def _read_parquet(path: Path) -> Iterator[ReadItem]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     number = 0
-    try:
+    with _parquet_errors(path):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for item in batch.to_pylist():
                 number += 1
                 yield SourceRow(number, item)
+
+
+def parquet_batches(path: Path, rows: int) -> "Iterator[pa.RecordBatch]":
+    """The Arrow record batches of a Parquet file, `rows` rows each: their `to_pylist` rows are
+    `read_rows`' rows.
+
+    Raises:
+        DataError: the file cannot be read (the message `read_rows` gives).
+    """
+    return _naming_the_file(path, _parquet_batches(path, rows))
+
+
+def _parquet_batches(path: Path, rows: int) -> "Iterator[pa.RecordBatch]":
+    import pyarrow.parquet as pq
+
+    with _parquet_errors(path):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=rows)
+
+
+@contextmanager
+def _parquet_errors(path: Path) -> Iterator[None]:
+    """Arrow's errors reading `path` as a DataError naming the file."""
+    import pyarrow as pa
+
+    try:
+        yield
     except pa.ArrowException as error:
         msg = f"{path} is not a readable Parquet file: {error}"
         raise DataError(msg) from error

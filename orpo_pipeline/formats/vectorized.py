@@ -1,17 +1,21 @@
-"""Vectorised conversion of HH-RLHF and TRL preference files: Polars over the whole file.
+"""Vectorised conversion of HH-RLHF, TRL preference and UltraFeedback files: Polars over slices
+of `SLICE_ROWS` rows, two slices at a time on two threads.
 
 Rows that Polars can vouch for (well-formed, the common shapes) become pairs here, equal to what
 the per-row converter makes of them; every other row is handed back, in file order, to the
 per-row converter, which pairs or rejects it exactly as it always has. So the output, rejects and
-provenance included, does not depend on which path a row took (tested row for row).
+provenance included, does not depend on which path a row took or on the slice size (tested row
+for row, in slices of a few rows).
 """
 
 import gzip
 import io
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import polars as pl
@@ -19,6 +23,8 @@ import polars_hash  # noqa: F401 (registers the `chash` expression namespace)
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orpo_pipeline.errors import DataError
+from orpo_pipeline.formats import readers
 from orpo_pipeline.formats.conversation import ROLE_NAMES
 from orpo_pipeline.formats.options import ConvertOptions
 from orpo_pipeline.formats.preference import SCORE_FIELDS
@@ -42,39 +48,109 @@ _ESCAPED_KEY = r'"[^"\\]*\\u[0-9a-fA-F]{4}[^"]*"\s*:'
 
 
 class FastRows(NamedTuple):
-    """Pairs made here and the rows left for the per-row converter."""
+    """Of one slice of a file: the pairs made here and the rows left for the per-row converter."""
 
     pairs: pl.DataFrame
-    """PAIR_SCHEMA columns plus `_file` and `_line`, one pair per converted row, in file order."""
+    """PAIR_SCHEMA columns plus `_file` and `_line`, the pairs of the converted rows (a row's
+    pairs in order; the rows not sorted)."""
     rest: list[ReadItem]
     """The other rows and the blank lines, in file order."""
+    labels_stripped: int = 0
+    """Answers of `pairs` that lost a leading role label (`role_markers='split'`)."""
 
 
-def fast_pairs(path: Path, name: str, options: ConvertOptions, source: str) -> FastRows | None:
-    """Convert what can be converted of `path` (format `name`) with Polars; None when the format
-    or the file kind has no vectorised path, or when salvaging (the caller converts every row
-    itself). With `role_markers='split'`, pairs with a text that starts with a role label go
-    back to the per-row converter, which splits or strips the labels and counts the changes."""
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+SLICE_ROWS = 20_000
+"""Rows converted together: a file is read and converted a slice at a time, so converting it
+needs memory for its pairs and one slice, not for the whole file several times over."""
+
+
+def fast_pairs(
+    path: Path, name: str, options: ConvertOptions, source: str
+) -> Iterator[FastRows] | None:
+    """Convert what can be converted of `path` (format `name`) with Polars, one slice of rows at
+    a time, in file order; None when the format or the file kind has no vectorised path, or when
+    salvaging (the caller converts every row itself). With `role_markers='split'`, answers lose
+    a leading role label here; pairs with a prompt message that starts with one go back to the
+    per-row converter, which splits the transcript and counts the change."""
     build = _BUILDERS.get(name)
     if build is None or options.mapping is not None or options.salvage:
         return None
     if name in _RANKED:
         build = _ranked(build, options)
     split = options.role_markers == "split"
+
+    def convert(frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+        """The pairs of one slice (one frame per layout its rows were decoded with) and the
+        labels stripped from their answers."""
+        parts = [build(frame.lazy(), frame.schema).collect() for frame in frames]
+        pairs, labels = _without_markers(pl.concat(parts, how="diagonal_relaxed"), split=split)
+        return _finish(pairs, path, source), labels
+
+    def parquet_slice(batch: tuple[pa.RecordBatch, pl.DataFrame]) -> FastRows:
+        pairs, labels = convert([batch[1]])
+        rest = parquet_rest(*batch, pairs)
+        # Arrow's allocator keeps the memory of the batches done (~300 MB a 200k-row file).
+        pa.default_memory_pool().release_unused()
+        return FastRows(pairs, rest, labels)
+
+    def json_lines_slice(part: pl.DataFrame) -> FastRows:
+        pairs, labels = convert(_decode(part, name))
+        return FastRows(pairs, json_lines_rest(part, pairs), labels)
+
     kind = input_kind(path)
     if kind == "parquet":
-        if (parquet := parquet_rows(path)) is None:
-            return None
-        table, frame = parquet
-        pairs = _without_markers(build(frame.lazy(), frame.schema).collect(), split=split)
-        return FastRows(_finish(pairs, path, source), parquet_rest(table, frame, pairs))
+        batches = parquet_batches(path)
+        return None if batches is None else _in_order(parquet_slice, batches)
     if kind != "jsonl" or (lines := _json_lines(path)) is None:
         return None
-    parts = [build(frame.lazy(), frame.schema).collect() for frame in _decode(lines, name)]
-    pairs = _without_markers(
-        pl.concat(parts, how="diagonal_relaxed").sort("_line", maintain_order=True), split=split
-    )
-    return FastRows(_finish(pairs, path, source), json_lines_rest(lines, pairs))
+    parts = (lines.slice(start, SLICE_ROWS) for start in range(0, lines.height, SLICE_ROWS))
+    return _in_order(json_lines_slice, parts)
+
+
+def _in_order(work: Callable[[_T], _R], items: Iterator[_T]) -> Iterator[_R]:
+    """`work` of each item, in order; the next item's work runs on a second thread while the
+    caller takes this one's result (Polars and Arrow let go of the GIL, so both cores work)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        running: deque[Future[_R]] = deque()
+        for item in items:
+            running.append(pool.submit(work, item))
+            if len(running) > 1:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+
+
+def parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]] | None:
+    """The Parquet file in slices of `SLICE_ROWS` rows, each as an Arrow batch (as the per-row
+    reader reads it) and as a frame with `_line` (1-based); None when the file cannot be read,
+    has no columns or its first slice does not go into Polars (the per-row reader says what is
+    wrong, or takes the rows).
+
+    Raises:
+        DataError: a later slice cannot be read (as the per-row reader says).
+    """
+    try:
+        batches = readers.parquet_batches(path, SLICE_ROWS)
+        first = next(batches, None)
+        if first is None or not first.num_columns:
+            return None
+        frame = pl.from_arrow(first).with_row_index("_line", offset=1)
+    except (DataError, pl.exceptions.PolarsError):
+        return None
+    return _with_frames((first, frame), batches)
+
+
+def _with_frames(
+    first: tuple[pa.RecordBatch, pl.DataFrame], batches: Iterator[pa.RecordBatch]
+) -> Iterator[tuple[pa.RecordBatch, pl.DataFrame]]:
+    """The first slice, then each later batch with its frame."""
+    yield first
+    line = first[0].num_rows + 1
+    for batch in batches:
+        yield batch, pl.from_arrow(batch).with_row_index("_line", offset=line)
+        line += batch.num_rows
 
 
 def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
@@ -88,11 +164,16 @@ def parquet_rows(path: Path) -> tuple[pa.Table, pl.DataFrame] | None:
     return (table, frame) if table.num_columns else None
 
 
-def parquet_rest(table: pa.Table, frame: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
-    """The rows of a `parquet_rows` file whose `_line` is not in `done`, in order, for the
-    per-row converter."""
-    rest = _rest_lines(frame["_line"], done)
-    values = table.take(pa.array(rest - 1)).to_pylist() if len(rest) else []
+def parquet_rest(
+    table: pa.Table | pa.RecordBatch, frame: pl.DataFrame, done: pl.DataFrame
+) -> list[ReadItem]:
+    """The rows of `table` (as `frame`, with `_line`) whose `_line` is not in `done`, in
+    order, for the per-row converter."""
+    lines = frame["_line"]
+    left = ~lines.is_in(done["_line"].cast(lines.dtype).implode())
+    positions = left.arg_true().to_numpy()
+    values = table.take(pa.array(positions)).to_pylist() if len(positions) else []
+    rest = lines.gather(positions).to_list()
     return [SourceRow(int(n), v) for n, v in zip(rest, values, strict=True)]
 
 
@@ -110,21 +191,35 @@ def json_lines_rest(lines: pl.DataFrame, done: pl.DataFrame) -> list[ReadItem]:
 _LEADING_LABEL = r"^[\s\x1c-\x1f]*(Human|Assistant):"
 """Text that `markers.strip_markers` may change (it also checks the message's role; taking
 every such text back to the per-row converter is never wrong)."""
+_ANSWER_LABEL = _LEADING_LABEL + "[ \t]?"
+"""What `markers.answer_text` takes off an answer (`\\s` is Python's on the texts here, which
+hold no \\x1c-\\x1f)."""
 
 
-def _without_markers(pairs: pl.DataFrame, *, split: bool) -> pl.DataFrame:
-    """`pairs` less those with a prompt message or answer starting with a role label, when
-    `split` (their rows then go to the per-row converter as rows without a pair)."""
+def _without_markers(pairs: pl.DataFrame, *, split: bool) -> tuple[pl.DataFrame, int]:
+    """`pairs` as the per-row converter leaves them with `role_markers='split'` (when `split`),
+    and how many answers lost a label: an answer that starts with a role label loses it, as
+    `markers.answer_text` does. Pairs with a prompt message starting with a label, or whose
+    answers are blank or alike once the labels are gone, are left out (their rows go per row)."""
     if not split or not pairs.height:
-        return pairs
-    labelled = (
+        return pairs, 0
+    labelled_prompt = (
         pl.col("prompt")
         .list.eval(pl.element().struct.field("content").str.contains(_LEADING_LABEL))
         .list.any()
-        | pl.col("_chosen").str.contains(_LEADING_LABEL)
-        | pl.col("_rejected").str.contains(_LEADING_LABEL)
     )
-    return pairs.filter(~labelled.fill_null(value=False))
+    sides = ("_chosen", "_rejected")
+    labelled = [pl.col(side).str.contains(_LEADING_LABEL).alias(f"{side}_label") for side in sides]
+    unlabelled = [_strip(pl.col(side).str.replace(_ANSWER_LABEL, "")).alias(side) for side in sides]
+    chosen, rejected = (pl.col(side) for side in sides)
+    answers_ok = (chosen != "") & (rejected != "") & (chosen != rejected)
+    kept = (
+        pairs.filter(~labelled_prompt.fill_null(value=False))
+        .with_columns(*labelled, *unlabelled)
+        .filter(answers_ok.fill_null(value=False))
+    )
+    stripped = kept.select(pl.sum_horizontal(f"{side}_label" for side in sides).sum()).item()
+    return kept.drop(f"{side}_label" for side in sides), int(stripped or 0)
 
 
 def _rest_lines(lines: pl.Series, pairs: pl.DataFrame) -> np.ndarray:
@@ -140,10 +235,10 @@ def _json_lines(path: Path) -> pl.DataFrame | None:
     """`_line` (1-based, as the per-row reader counts) and `_text` of every line; None when the
     file cannot be read or is not valid UTF-8 as a whole (the per-row reader handles it)."""
     try:
-        data = path.read_bytes()
+        source = path
         if path.name.lower().endswith(".gz"):
-            data = gzip.decompress(data)
-        lines = pl.scan_lines(io.BytesIO(data), name="_text").collect()
+            source = io.BytesIO(gzip.decompress(path.read_bytes()))
+        lines = pl.scan_lines(source, name="_text").collect()
     except (OSError, EOFError, zlib.error, pl.exceptions.PolarsError):
         return None  # the per-row reader reports what is wrong with the file
     return lines.with_row_index("_line", offset=1)

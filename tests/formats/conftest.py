@@ -12,6 +12,15 @@ HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
 """The default job's real HH-RLHF file, shipped with the repository."""
 
 
+@pytest.fixture
+def small_slices(monkeypatch):
+    """The vectorised converters convert files in slices of 4 rows, so the rows of a small file
+    cross slice borders (tests on large files set a larger size)."""
+    from orpo_pipeline.formats import vectorized
+
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 4)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """Write rows (objects or raw strings) as JSON Lines."""
     lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from orpo_pipeline.formats import ConversionResult, ConvertOptions, convert_files, vectorized
 from tests.conftest import REPO
+from tests.formats.conftest import write_jsonl
 
 HH = REPO / "data" / "hh-rlhf-harmless-base" / "test.jsonl.gz"
+pytestmark = pytest.mark.usefixtures("small_slices")
 
 
 def per_row(paths: list[Path], options: ConvertOptions, monkeypatch) -> ConversionResult:
@@ -42,13 +44,15 @@ def assert_same(fast: ConversionResult, slow: ConversionResult) -> None:
 
 
 def converted_here(path: Path, options: ConvertOptions) -> int:
-    fast = vectorized.fast_pairs(path, options.format, options, path.name)
-    assert fast is not None
-    return fast.pairs.height
+    """Pairs the vectorised path makes of `path` (every slice)."""
+    slices = vectorized.fast_pairs(path, options.format, options, path.name)
+    assert slices is not None
+    return sum(part.pairs.height for part in slices)
 
 
 @pytest.mark.parametrize("role_markers", ["split", "keep"])
 def test_the_vendored_hh_file_row_for_row(monkeypatch, role_markers):
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 500)
     options = ConvertOptions(format="hh_rlhf", role_markers=role_markers)
     fast = convert_files([HH], options)
     assert_same(fast, per_row([HH], options, monkeypatch))
@@ -61,6 +65,7 @@ def test_the_vendored_hh_file_row_for_row(monkeypatch, role_markers):
 
 
 def test_hh_as_parquet_and_trl_layouts_row_for_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 128)
     with gzip.open(HH, "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle][:600]
     hh = pl.DataFrame(rows)
@@ -284,6 +289,7 @@ def _vendored_preference_files() -> list[Path]:
 def test_every_vendored_preference_file_row_for_row(path, monkeypatch):
     from orpo_pipeline.formats.convert import detect_format
 
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 256)
     options = ConvertOptions(format=detect_format(path))
     assert_same(convert_files([path], options), per_row([path], options, monkeypatch))
 
@@ -304,3 +310,51 @@ def test_a_field_on_one_line_only_is_checked_on_that_line(tmp_path, monkeypatch)
     assert_same(fast, per_row([path], options, monkeypatch))
     assert converted_here(path, options) >= 36
     assert fast.pairs.filter(pl.col("_line") == 12)["score_rejected"].to_list() == [2.0]
+
+
+def test_a_parquet_file_broken_after_its_first_slice_fails_as_per_row(tmp_path, monkeypatch):
+    """The fast path reads Parquet a slice at a time: a row group that cannot be read after
+    converted slices fails the conversion with the per-row reader's message."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orpo_pipeline.errors import DataError
+
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)]
+    path = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10, compression="snappy")
+    column = pq.ParquetFile(path).metadata.row_group(3).column(1)
+    end = column.data_page_offset + column.total_compressed_size
+    data = bytearray(path.read_bytes())
+    data[end - 8 : end] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    options = ConvertOptions(format="trl_preference")
+    with pytest.raises(DataError) as slow:
+        per_row([path], options, monkeypatch)
+    with pytest.raises(DataError) as fast:
+        convert_files([path], options)
+    assert str(fast.value) == str(slow.value)
+    assert str(path) in str(fast.value)
+
+
+def test_answer_labels_are_stripped_here_as_per_row(tmp_path, monkeypatch):
+    """With role_markers='split' an answer's leading 'Assistant:'/'Human:' label comes off on
+    the fast path too, counted as per row; answers blank or alike without it go per row."""
+    rows = [
+        {"prompt": "q1", "chosen": "Assistant: yes", "rejected": "no"},
+        {"prompt": "q2", "chosen": " Human:\tyes ", "rejected": "Assistant:no"},
+        {"prompt": "q3", "chosen": "Assistant:  ", "rejected": "x"},  # blank without it
+        {"prompt": "q4", "chosen": "Human: same", "rejected": "Assistant: same"},  # alike
+        {"prompt": "Human: q5", "chosen": "a", "rejected": "b"},  # a prompt is split per row
+        {"prompt": "q6", "chosen": "plain", "rejected": "text"},
+    ]
+    path = write_jsonl(tmp_path / "labels.jsonl", rows)
+    for role_markers in ("split", "keep"):
+        options = ConvertOptions(format="trl_preference", role_markers=role_markers)
+        fast = convert_files([path], options)
+        assert_same(fast, per_row([path], options, monkeypatch))
+        assert converted_here(path, options) == (3 if role_markers == "split" else 6)
+    assert fast.markers_changed == {}
+    split = convert_files([path], ConvertOptions(format="trl_preference"))
+    assert split.markers_changed == {"labels_stripped": 7}
+    assert split.reject_counts() == {"empty_response": 1, "identical_responses": 1}

@@ -12,11 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orpo_pipeline.formats import ConvertOptions, convert_files
+from orpo_pipeline.formats import ConvertOptions, convert_files, vectorized
 from orpo_pipeline.formats.ranked import UF_ASPECTS
 from tests.formats.conftest import write_jsonl
 from tests.formats.test_ranked import UF_ROW, uf_completion
 from tests.formats.test_vectorized import assert_same, converted_here, jsonl, per_row
+
+pytestmark = pytest.mark.usefixtures("small_slices")
 
 OPTIONS = [
     {"score_source": source, "aspect": aspect, "rejected": rejected, **knobs}
@@ -65,6 +67,7 @@ def realistic_rows(count: int, seed: int = 0) -> list[dict]:
 
 
 def test_the_ranked_test_row_and_realistic_rows_under_every_option(tmp_path, monkeypatch):
+    monkeypatch.setattr(vectorized, "SLICE_ROWS", 25)  # three slices
     rows = [UF_ROW, *realistic_rows(60)]
     rows[5]["instruction"] = "   "  # rejected per row: empty prompt message
     rows[6]["completions"] = rows[6]["completions"][:1]  # too few completions

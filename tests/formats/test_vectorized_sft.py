@@ -24,7 +24,7 @@ from orpo_pipeline.formats.convert import detect_format
 from orpo_pipeline.formats.vectorized import PY_WHITESPACE
 from tests.formats.conftest import TEST_DATA
 from tests.formats.test_generate import tiny_model_dir  # noqa: F401 (a fixture)
-from tests.formats.test_vectorized import TEXT, assert_same, jsonl
+from tests.formats.test_vectorized import TEXT, assert_same, converted_here, jsonl
 
 SFT_FORMATS = ("alpaca", "sharegpt", "openai_messages")
 NEGATIVES = [
@@ -450,4 +450,4 @@ def test_a_trl_message_with_a_key_twice_goes_per_row(tmp_path, monkeypatch):
     fast = convert_files([path], options)
     assert_same(fast, per_row([path], options, monkeypatch))
     assert fast.reject_counts() == {"diverges_before_last_turn": 1}
-    assert vectorized.fast_pairs(path, "trl_preference", options, "x").pairs.height == 1
+    assert converted_here(path, options) == 1
