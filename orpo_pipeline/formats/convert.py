@@ -254,36 +254,9 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
     name = _format_name(paths, options)
     fmt = FORMATS[name]
     kind = mapping_kind(options.mapping) if name == "mapping" and options.mapping else fmt.kind
-    collector = _Collector()
-    pending: list[Pending] = []
-    markers: Counter[str] = Counter()
-    unused = _UnusedFields(options)
+    per_row = _RowConverter(fmt, kind, options)
+    collector, pending, markers = per_row.collector, per_row.pending, per_row.markers
     sft_fast: list[vectorized_sft.FileTargets] = []
-
-    def per_row(path: Path, source: str, rows: Iterable[ReadItem]) -> None:
-        """Convert `rows` of `path` one at a time: pairs, rejects or pending records."""
-        for row in rows:
-            if isinstance(row, BlankLine):
-                collector.blank_lines += 1
-                continue
-            collector.count_row(str(path))
-            if isinstance(row, BadRow):
-                collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
-                continue
-            records = _parse(fmt, row, options)
-            if isinstance(records, RowError):
-                collector.reject(
-                    str(path), row.line, source, records.reason, records.detail, row.raw_text()
-                )
-                continue
-            unused.count(row.value)
-            if options.role_markers == "split":
-                records = [strip_markers(record, markers) for record in records]
-            if kind in ROW_PAIRERS:
-                collector.add_row(str(path), row, source, records, ROW_PAIRERS[kind], options)
-            else:
-                pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
-
     for path, rows in _input_rows(paths, name, options):
         source = options.source or path.name
         slices = vectorized.fast_pairs(path, name, options, source) if kind in ROW_PAIRERS else None
@@ -293,11 +266,11 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
                 first_frame = collector.add_frame(str(path), part.pairs)
                 if part.labels_stripped:
                     markers[LABEL_STRIPPED] += part.labels_stripped
-                per_row(path, source, part.rest)
+                per_row.convert(path, source, part.rest)
                 collector.sort_frames(first_frame)
             continue
         file_start = len(pending)
-        per_row(path, source, rows if targets is None else targets.rest)
+        per_row.convert(path, source, rows if targets is None else targets.rest)
         if targets is not None:
             if targets.targets.height:
                 collector.count_row(str(path), targets.targets.height)
@@ -325,8 +298,45 @@ def convert_files(paths: list[Path], options: ConvertOptions) -> ConversionResul
         rows_by_file=dict(collector.rows_by_file),
         blank_lines=collector.blank_lines,
         markers_changed=dict(markers.most_common()),
-        warnings=unused.warnings(),
+        warnings=per_row.unused.warnings(),
     )
+
+
+class _RowConverter:
+    """The per-row converter: each row it is given becomes pairs, a reject or pending records
+    (of formats that pair a group of rows), counted in its collector."""
+
+    def __init__(self, fmt: Format, kind: str, options: ConvertOptions) -> None:
+        self.fmt, self.kind, self.options = fmt, kind, options
+        self.collector = _Collector()
+        self.pending: list[Pending] = []
+        self.markers: Counter[str] = Counter()
+        self.unused = _UnusedFields(options)
+
+    def convert(self, path: Path, source: str, rows: Iterable[ReadItem]) -> None:
+        """Convert `rows` of `path` one at a time."""
+        collector, options = self.collector, self.options
+        for row in rows:
+            if isinstance(row, BlankLine):
+                collector.blank_lines += 1
+                continue
+            collector.count_row(str(path))
+            if isinstance(row, BadRow):
+                collector.reject(str(path), row.line, source, row.reason, row.detail, row.raw)
+                continue
+            records = _parse(self.fmt, row, options)
+            if isinstance(records, RowError):
+                collector.reject(
+                    str(path), row.line, source, records.reason, records.detail, row.raw_text()
+                )
+                continue
+            self.unused.count(row.value)
+            if options.role_markers == "split":
+                records = [strip_markers(record, self.markers) for record in records]
+            if self.kind in ROW_PAIRERS:
+                collector.add_row(str(path), row, source, records, ROW_PAIRERS[self.kind], options)
+            else:
+                self.pending.append(Pending(str(path), row.line, row.raw_text(), source, records))
 
 
 def _parse(fmt: Format, row: SourceRow, options: ConvertOptions) -> list[Any] | RowError:
