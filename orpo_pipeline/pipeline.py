@@ -160,9 +160,12 @@ def _read_slice(window: Slice) -> pl.LazyFrame:
 
 def _split_tagged(tagged: pl.DataFrame) -> Shard:
     """Kept and rejected rows (with reason, file and line first), both in `_row` order."""
-    tagged = tagged.sort(ROW)
-    if REASON not in tagged.columns:
-        return tagged, pl.DataFrame(schema={"reason": pl.String}), tagged.height
+    if not tagged[ROW].is_sorted():  # stages keep their input's order: no copy then
+        tagged = tagged.sort(ROW)
+    no_reject = REASON not in tagged.columns or tagged[REASON].null_count() == tagged.height
+    if no_reject:  # the whole shard kept as it is (a shard is ~2 KB a row: copies count)
+        rejected = pl.DataFrame(schema={"reason": pl.String})
+        return tagged.drop(REASON, strict=False), rejected, tagged.height
     rejected = tagged.filter(pl.col(REASON).is_not_null()).select(
         pl.col(REASON).alias("reason"),
         pl.col("_file").alias("file"),
@@ -224,7 +227,8 @@ def stage_task(
     else:
         frame = shard.collect()
         assert decided[ROW].equals(frame[ROW])  # both in `_row` order, one row per row
-        tagged = frame.join(decided, on=ROW, how="left", maintain_order="left")
+        added = decided.drop(ROW)  # replaces what an earlier stage of the kind added
+        tagged = frame.drop(added.columns, strict=False).hstack(added.get_columns())  # no copy
     return write_shard(directory, index, _split_tagged(tagged), scratch=scratch)
 
 

@@ -442,3 +442,31 @@ def test_scratch_shards_are_uncompressed_and_not_flushed(scratch, tmp_path, monk
     assert codec == ("UNCOMPRESSED" if scratch else "LZ4")
     assert len(flushed) == (0 if scratch else 3)  # kept, rejected and the marker
     assert_frame_equal(pl.read_parquet(rejected), shard[1])
+
+
+def test_a_second_near_dedupe_labels_its_rejects_with_its_own_clusters(tmp_path):
+    # A global stage's column (`_cluster`) replaces the one an earlier stage of its kind added.
+    words = "the quick brown fox jumps over the lazy dog near the river bank today"
+    rows = [hh_row(f"{words} {i}", f"good {i}", f"bad {i}") for i in range(6)]
+    rows += [hh_row(f"question {i}", f"good {i}", f"bad {i}") for i in range(6)]
+    write_hh(tmp_path / "hh.jsonl.gz", rows)
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "twice",
+            "source": {"inputs": [str(tmp_path / "hh.jsonl.gz")], "format": "hh_rlhf"},
+            "stages": [
+                {"stage": "near_dedupe", "threshold": 0.99},
+                {"stage": "near_dedupe", "unit": "char", "ngram_size": 3, "threshold": 0.5},
+            ],
+            "output_dir": str(tmp_path / "out"),
+            "shard_rows": 5,
+            "cache": False,
+        }
+    )
+    report = run_pipeline(spec)
+    assert [s.rejected for s in report.stages[1:]] == [{}, {"near_duplicate": 5 + 5}]
+    rejects = pl.read_ndjson(tmp_path / "out" / "rejects" / "02_near_dedupe.jsonl")
+    kept_ids = set(pl.read_parquet(tmp_path / "out" / "pairs.parquet")["id"])
+    assert rejects["_cluster"].is_not_null().all()
+    assert set(rejects["_cluster"]) <= kept_ids
+    assert "_cluster_right" not in rejects.columns

@@ -60,6 +60,8 @@ class GlobalStage(NamedTuple):
     decide: Callable[[pl.LazyFrame, Any], pl.LazyFrame]
 
     def __call__(self, lf: pl.LazyFrame, config: Any) -> pl.LazyFrame:
-        """The whole stage on one frame: decide on its keys, join the outcome back by `_row`."""
+        """The whole stage on one frame: decide on its keys, join the outcome back by `_row`
+        (a column the stage adds replaces the one an earlier stage of its kind added)."""
         decided = self.decide(self.keys(lf, config), config)
-        return lf.join(decided, on=ROW, how="left", maintain_order="left")
+        added = [name for name in decided.collect_schema() if name != ROW]
+        return lf.drop(added, strict=False).join(decided, on=ROW, how="left", maintain_order="left")
