@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+import orpo_pipeline  # noqa: F401  (before Polars loads: its allocator settings, as the CLI)
 from benchmarks.bench_data import FILTER, synthetic_pairs
 from orpo_pipeline.io import sha256_file
 from orpo_pipeline.stages.base import ROW

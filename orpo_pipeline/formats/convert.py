@@ -462,13 +462,13 @@ class _Collector:
             try:
                 candidates = pairer(record, options)
             except RowError as error:
-                errors.append(error)
+                errors.append(error.with_traceback(None))  # no frame -> error -> frame cycle
                 continue
             for candidate in candidates:
                 try:
                     good.append(check_pair(candidate))
                 except RowError as error:
-                    errors.append(error)
+                    errors.append(error.with_traceback(None))
         if not good:
             error = errors[0]
             self.reject(file, row.line, source, error.reason, error.detail, row.raw_text())
