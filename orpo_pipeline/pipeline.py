@@ -41,7 +41,7 @@ from orpo_pipeline.executors import Executor, executor
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.convert import FORMATS, ROW_PAIRERS, detect_format
 from orpo_pipeline.formats.mapping import mapping_kind
-from orpo_pipeline.io import scan_frame, sink_frame, write_text
+from orpo_pipeline.io import scan_frame, sink_frames, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
@@ -141,6 +141,11 @@ def _slices_of(paths: list[Path], shard_rows: int) -> list[Slice]:
             offset += count
         slices.append(Slice(start, shard_rows, tuple(pieces), schema))
     return slices
+
+
+def _read_slices(paths: list[Path], shard_rows: int) -> list[pl.LazyFrame]:
+    """Each run of `shard_rows` rows of a stage output, lazily."""
+    return [_read_slice(window) for window in _slices_of(paths, shard_rows)]
 
 
 def _read_slice(window: Slice) -> pl.LazyFrame:
@@ -389,7 +394,7 @@ def _run_steps(
             output = stored
         name = "convert" if is_source else step.stage
         rejects_file = out_dir / "rejects" / f"{index:02d}_{name}.jsonl"
-        sink_frame(_scan_parts(output.rejected), rejects_file)
+        sink_frames(_read_slices(output.rejected, spec.shard_rows), rejects_file)
         reports.append(
             StageReport(
                 stage=name,
@@ -413,11 +418,11 @@ def _run_steps(
     names = ("train", "eval") if SPLIT in columns else ("pairs",)
     outputs = {}
     for name in names:
-        kept = _scan_parts(previous.kept)
-        part = kept.filter(pl.col(SPLIT) == name) if SPLIT in columns else kept
+        slices = _read_slices(previous.kept, spec.shard_rows)
+        parts = [s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in slices]
         file_name = f"{name}.{spec.output_format}"
-        sink_frame(part.select(public), out_dir / file_name)
-        outputs[file_name] = part.select(pl.len()).collect().item()
+        sink_frames([part.select(public) for part in parts], out_dir / file_name)
+        outputs[file_name] = pl.concat(parts).select(pl.len()).collect().item()
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 

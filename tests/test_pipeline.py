@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 
 from orpo_pipeline import cache, pipeline
 from orpo_pipeline.config_files import load_config
-from orpo_pipeline.io import SINK_ROW_GROUP, sink_frame, write_frame
+from orpo_pipeline.io import SINK_ROW_GROUP, sink_frames, write_frame
 from orpo_pipeline.pipeline import (
     PipelineSpec,
     read_reject_labels,
@@ -407,7 +407,7 @@ def test_a_slice_reads_only_the_shard_files_that_hold_it_with_the_whole_schema(t
 
 
 def test_outputs_and_rejects_stream_every_shard_in_row_order_with_the_whole_schema(tmp_path):
-    # The final files and the rejects are written by `sink_frame` from all shard files at once.
+    # The final files and the rejects are written by `sink_frames` from slices of the shards.
     frames = [
         pl.DataFrame({"a": list(range(70_000)), "b": [None] * 70_000}),
         pl.DataFrame({"a": [70_000, 70_001], "b": ["x", None]}),
@@ -418,12 +418,16 @@ def test_outputs_and_rejects_stream_every_shard_in_row_order_with_the_whole_sche
         paths.append(tmp_path / f"rejected-{i:05d}.parquet")
         frame.write_parquet(paths[-1])
     whole = pl.concat(frames, how="diagonal_relaxed")
-    sink_frame(pipeline._scan_parts(paths), tmp_path / "out.jsonl")
-    sink_frame(pipeline._scan_parts(paths), tmp_path / "out.parquet")
+    for shard_rows in (30_000, 200_000):
+        slices = pipeline._read_slices(paths, shard_rows)
+        sink_frames(slices, tmp_path / f"out-{shard_rows}.jsonl")
+        sink_frames(slices, tmp_path / f"out-{shard_rows}.parquet")
     whole.write_ndjson(tmp_path / "expected.jsonl")
-    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
-    assert_frame_equal(pl.read_parquet(tmp_path / "out.parquet"), whole)
-    metadata = pq.ParquetFile(tmp_path / "out.parquet").metadata
+    expected = (tmp_path / "expected.jsonl").read_bytes()
+    for shard_rows in (30_000, 200_000):
+        assert (tmp_path / f"out-{shard_rows}.jsonl").read_bytes() == expected
+        assert_frame_equal(pl.read_parquet(tmp_path / f"out-{shard_rows}.parquet"), whole)
+    metadata = pq.ParquetFile(tmp_path / "out-30000.parquet").metadata
     sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
     assert sum(sizes) == 100_000 and max(sizes) <= SINK_ROW_GROUP
     assert metadata.row_group(0).column(0).compression == "ZSTD"
