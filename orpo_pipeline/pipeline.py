@@ -41,7 +41,7 @@ from orpo_pipeline.executors import Executor, executor
 from orpo_pipeline.formats import ConvertOptions, convert_files
 from orpo_pipeline.formats.convert import FORMATS, ROW_PAIRERS, detect_format
 from orpo_pipeline.formats.mapping import mapping_kind
-from orpo_pipeline.io import scan_frame, sink_frames, write_text
+from orpo_pipeline.io import scan_frame, write_parts, write_text
 from orpo_pipeline.runs import describe_inputs, load_manifest, write_manifest
 from orpo_pipeline.stages import STAGES, AnyStageConfig
 from orpo_pipeline.stages.base import REASON, ROW, GlobalStage
@@ -394,7 +394,7 @@ def _run_steps(
             output = stored
         name = "convert" if is_source else step.stage
         rejects_file = out_dir / "rejects" / f"{index:02d}_{name}.jsonl"
-        sink_frames(_read_slices(output.rejected, spec.shard_rows), rejects_file)
+        write_parts(_read_slices(output.rejected, spec.shard_rows), rejects_file)
         reports.append(
             StageReport(
                 stage=name,
@@ -421,8 +421,7 @@ def _run_steps(
         slices = _read_slices(previous.kept, spec.shard_rows)
         parts = [s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in slices]
         file_name = f"{name}.{spec.output_format}"
-        sink_frames([part.select(public) for part in parts], out_dir / file_name)
-        outputs[file_name] = pl.concat(parts).select(pl.len()).collect().item()
+        outputs[file_name] = write_parts([p.select(public) for p in parts], out_dir / file_name)
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 

@@ -12,7 +12,7 @@ from polars.testing import assert_frame_equal
 
 from orpo_pipeline import cache, pipeline
 from orpo_pipeline.config_files import load_config
-from orpo_pipeline.io import SINK_ROW_GROUP, sink_frames, write_frame
+from orpo_pipeline.io import ROW_GROUP, write_frame, write_parts
 from orpo_pipeline.pipeline import (
     PipelineSpec,
     read_reject_labels,
@@ -406,31 +406,52 @@ def test_a_slice_reads_only_the_shard_files_that_hold_it_with_the_whole_schema(t
     assert paths[2].name in plan and paths[0].name not in plan and paths[1].name not in plan
 
 
-def test_outputs_and_rejects_stream_every_shard_in_row_order_with_the_whole_schema(tmp_path):
-    # The final files and the rejects are written by `sink_frames` from slices of the shards.
+def test_outputs_and_rejects_are_written_slice_by_slice_in_row_order_with_the_whole_schema(
+    tmp_path,
+):
+    # The final files and the rejects are written by `write_parts` from slices of the shards;
+    # the bytes do not depend on the slice size.
     frames = [
         pl.DataFrame({"a": list(range(70_000)), "b": [None] * 70_000}),
         pl.DataFrame({"a": [70_000, 70_001], "b": ["x", None]}),
-        pl.DataFrame({"a": list(range(70_002, 100_000))}),
+        pl.DataFrame({"a": list(range(70_002, 120_000))}),
     ]
     paths = []
     for i, frame in enumerate(frames):
         paths.append(tmp_path / f"rejected-{i:05d}.parquet")
         frame.write_parquet(paths[-1])
     whole = pl.concat(frames, how="diagonal_relaxed")
-    for shard_rows in (30_000, 200_000):
+    for shard_rows in (30_000, 200_000, 9_999):
         slices = pipeline._read_slices(paths, shard_rows)
-        sink_frames(slices, tmp_path / f"out-{shard_rows}.jsonl")
-        sink_frames(slices, tmp_path / f"out-{shard_rows}.parquet")
+        if shard_rows == 9_999:
+            slices[3] = slices[3].filter(pl.col("a") < 0)  # an empty one
+        assert write_parts(slices, tmp_path / f"out-{shard_rows}.jsonl") == 120_000 - (
+            9_999 if shard_rows == 9_999 else 0
+        )
+        write_parts(slices, tmp_path / f"out-{shard_rows}.parquet")
     whole.write_ndjson(tmp_path / "expected.jsonl")
     expected = (tmp_path / "expected.jsonl").read_bytes()
     for shard_rows in (30_000, 200_000):
         assert (tmp_path / f"out-{shard_rows}.jsonl").read_bytes() == expected
         assert_frame_equal(pl.read_parquet(tmp_path / f"out-{shard_rows}.parquet"), whole)
+    assert (tmp_path / "out-30000.parquet").read_bytes() == (
+        tmp_path / "out-200000.parquet"
+    ).read_bytes()
+    assert_frame_equal(
+        pl.read_parquet(tmp_path / "out-9999.parquet"),
+        whole.filter(~pl.col("a").is_between(3 * 9_999, 4 * 9_999 - 1)),
+    )
     metadata = pq.ParquetFile(tmp_path / "out-30000.parquet").metadata
     sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-    assert sum(sizes) == 100_000 and max(sizes) <= SINK_ROW_GROUP
+    assert sizes == [ROW_GROUP, ROW_GROUP, 20_000]
     assert metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_an_output_with_no_rows_keeps_its_columns(tmp_path):
+    empty = pl.LazyFrame(schema={"prompt": pl.String, "score": pl.Float64})
+    assert write_parts([empty, empty], tmp_path / "none.parquet") == 0
+    assert pl.read_parquet(tmp_path / "none.parquet").schema == empty.collect_schema()
+    assert write_parts([empty], tmp_path / "none.jsonl") == 0
 
 
 @pytest.mark.parametrize("scratch", [True, False])
