@@ -30,6 +30,6 @@ _one_malloc_arena_per_core()
 
 __version__ = "0.1.0"
 
-from orpo_pipeline.requirements import check_installed
+from orpo_pipeline.requirements import check_installed  # noqa: E402 (after the allocator settings)
 
 check_installed()
