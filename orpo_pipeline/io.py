@@ -89,7 +89,8 @@ class _ParquetRowGroups:
     """Appends Arrow tables to one Parquet file in whole row groups of `ROW_GROUP` rows; the
     rows short of a group wait for the next table, so the file's layout does not depend on how
     its rows were split. Each group is written by a background thread (pyarrow compresses
-    without the GIL) while the caller reads the next table."""
+    without the GIL) while the caller reads the next table. A file given only empty tables has
+    their schema and no row group."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -124,11 +125,12 @@ class _ParquetRowGroups:
 
     def __exit__(self, *failed: object) -> None:
         try:
-            if failed[0] is None and self._writer is not None:
+            if failed[0] is None and self._pending:
                 rest = pa.concat_tables(self._pending)
-                if rest.num_rows or self._writing is None:
-                    self._write(rest)  # an empty file still gets its schema
-                self._writing.result()
+                if rest.num_rows:
+                    self._write(rest)
+            if failed[0] is None and self._writing is not None:
+                self._writing.result()  # a failed write raises here
         finally:
             self._background.shutdown(wait=True)
             if self._writer is not None:

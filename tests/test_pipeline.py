@@ -451,6 +451,7 @@ def test_an_output_with_no_rows_keeps_its_columns(tmp_path):
     empty = pl.LazyFrame(schema={"prompt": pl.String, "score": pl.Float64})
     assert write_parts([empty, empty], tmp_path / "none.parquet") == 0
     assert pl.read_parquet(tmp_path / "none.parquet").schema == empty.collect_schema()
+    assert pq.ParquetFile(tmp_path / "none.parquet").metadata.num_row_groups == 0
     assert write_parts([empty], tmp_path / "none.jsonl") == 0
 
 
