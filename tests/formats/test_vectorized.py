@@ -222,7 +222,7 @@ def test_hh_rows_row_for_row(tmp_path, monkeypatch, rows):
 
 
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(trl_rows(), min_size=1, max_size=12))
 def test_trl_rows_row_for_row(tmp_path, monkeypatch, rows):

@@ -231,7 +231,7 @@ ROW = st.fixed_dictionaries(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(rows=st.lists(ROW, min_size=1, max_size=10), knobs=st.sampled_from(OPTIONS))
 def test_any_rows_row_for_row(tmp_path, monkeypatch, rows, knobs):

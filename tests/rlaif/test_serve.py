@@ -124,11 +124,11 @@ def shortest_hh_pairs(count: int) -> list[tuple[list[dict], str, str]]:
 @pytest.mark.integration
 def test_llm_judge_through_serve_equals_in_process_verdict_for_verdict(default_checkpoint):
     template = JUDGE_PROMPT.read_text()
-    items = [(prompt, [a, b]) for prompt, a, b in shortest_hh_pairs(20)]
+    items = [(prompt, [a, b]) for prompt, a, b in shortest_hh_pairs(8)]
     local = judges.compare(template, items, judges.LocalLabels(str(default_checkpoint)))
     with running_server(str(default_checkpoint), "--name", "judge") as url:
         remote = judges.compare(template, items, judges.EndpointLabels(url, "judge"))
-    assert len(local) == len(remote) == 20
+    assert len(local) == len(remote) == 8
     for (ours, _), (theirs, _) in zip(local, remote, strict=True):
         ((a,), (b,)) = ours, theirs
         assert (a.verdict_ab, a.verdict_ba, a.winner, a.reason) == (

@@ -140,7 +140,8 @@ def test_resume_after_kill_9_ends_bit_identical(make_config, tmp_path, objective
 
 
 @pytest.mark.parametrize(  # kto too: each process estimates KL on its own micro-batches
-    "objective", ["sft", "dpo", pytest.param("kto", marks=pytest.mark.slow)]
+    "objective",
+    [pytest.param(o, marks=pytest.mark.slow) for o in ("sft", "kto")] + ["dpo"],  # orpo: its own
 )
 def test_two_cpu_processes_equal_one_process_with_doubled_accumulation(
     make_config, tmp_path, objective

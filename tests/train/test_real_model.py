@@ -102,7 +102,9 @@ def test_loss_and_metrics_equal_trl_on_a_real_batch(default_checkpoint, hh_pairs
             assert ours[name] == pytest.approx(trl_metrics[name], rel=1e-5, abs=1e-6), name
 
 
-@pytest.mark.parametrize("objective", ["orpo", "sft", "dpo", "simpo", "cpo", "kto"])
+# One objective of each kind: odds ratio with NLL (orpo; sft, simpo and cpo are its terms or
+# reference-free variants, tested on tiny models), a frozen reference (dpo), unpaired with KL (kto).
+@pytest.mark.parametrize("objective", ["orpo", "dpo", "kto"])
 def test_two_steps_on_real_pairs_are_finite(default_checkpoint, hh_pairs, tmp_path, objective):
     path = tmp_path / "pairs.parquet"
     hh_pairs.head(4).write_parquet(path)
