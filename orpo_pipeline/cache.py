@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -141,6 +142,27 @@ class StageCache:
         self.root = root
         self.scratch = scratch
         """Whether entries are read once and dropped (`cache: false`); see `write_shard`."""
+        self._dropping: list[threading.Thread] = []
+
+    def __enter__(self) -> "StageCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Wait for the entries being dropped."""
+        for thread in self._dropping:
+            thread.join()
+
+    def drop(self, output: StageOutput) -> None:
+        """Delete a scratch entry the next stage has read, on a background thread: freeing the
+        blocks of a large entry waits seconds on the disk (~3 s a 6 GB entry), time the next
+        stage can use. The cache's `with` block waits for it."""
+        assert self.scratch, "only scratch entries are dropped"
+        entry = output.kept[0].parent
+        thread = threading.Thread(
+            target=shutil.rmtree, args=(entry,), kwargs={"ignore_errors": True}
+        )
+        thread.start()
+        self._dropping.append(thread)
 
     def load(self, key: str) -> StageOutput | None:
         """The cached output, or None when the entry is missing or unreadable.

@@ -336,8 +336,15 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
         cache = (
             StageCache(root / "stages") if spec.cache else StageCache(Path(scratch), scratch=True)
         )
-        with executor(spec.executor, spec.address) as runner:
-            report, inputs = _run_steps(spec, cache, runner, stat_cache=root / "hashes.json")
+        with cache:  # scratch entries are dropped in the background while the card is written
+            with executor(spec.executor, spec.address) as runner:
+                report, inputs = _run_steps(spec, cache, runner, stat_cache=root / "hashes.json")
+            _write_report_files(spec, report, inputs)
+    return report
+
+
+def _write_report_files(spec: PipelineSpec, report: PipelineReport, inputs: list[dict]) -> None:
+    """`report.json`, `spec.yaml`, the data card and `manifest.json` of a finished run."""
     write_text(report.model_dump_json(indent=2) + "\n", spec.output_dir / "report.json")
     write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), spec.output_dir / "spec.yaml"
@@ -353,7 +360,6 @@ def run_pipeline(spec: PipelineSpec) -> PipelineReport:
             "stages": [{"stage": r.stage, "key": r.key, "cached": r.cached} for r in report.stages]
         },
     )
-    return report
 
 
 def _run_steps(
@@ -389,7 +395,7 @@ def _run_steps(
                 raise
             output = cache.commit(key, directory, num_shards)
             if not spec.cache and previous is not None:
-                shutil.rmtree(previous.kept[0].parent)  # scratch: the next step reads only this
+                cache.drop(previous)  # scratch: the next step reads only this
         else:
             output = stored
         name = "convert" if is_source else step.stage
@@ -422,6 +428,8 @@ def _run_steps(
         parts = [s.filter(pl.col(SPLIT) == name) if SPLIT in columns else s for s in slices]
         file_name = f"{name}.{spec.output_format}"
         outputs[file_name] = write_parts([p.select(public) for p in parts], out_dir / file_name)
+    if cache.scratch:
+        cache.drop(previous)
     report = PipelineReport(name=spec.name, stages=reports, outputs=outputs, output_dir=out_dir)
     return report, inputs
 

@@ -252,6 +252,41 @@ def test_results_do_not_depend_on_the_shard_size(two_sources, tmp_path):
     assert set(train["source"]) == {"a.jsonl.gz", "b.jsonl.gz"}
 
 
+def test_a_scratch_run_keeps_two_steps_at_most_and_leaves_nothing(two_sources, monkeypatch):
+    # `cache: false`: a step's output is deleted (in the background) once the next step has
+    # read it, so a task sees its input, its own entry and at most the entry being deleted.
+    root = cache.cache_root()
+    entries_seen = []
+    task = pipeline.stage_task
+
+    def counting_task(directory, *args):
+        entries_seen.append(len([p for p in directory.parent.iterdir() if p.is_dir()]))
+        return task(directory, *args)
+
+    monkeypatch.setattr(pipeline, "stage_task", counting_task)
+    scratch = two_sources.model_copy(update={"cache": False, "shard_rows": 10})
+    report = run_pipeline(scratch)
+    assert len(entries_seen) >= len(report.stages) - 1
+    assert max(entries_seen) <= 3
+    assert not list(root.glob(".scratch.*")), "the scratch directory is removed"
+    assert not (root / "stages").exists(), "a scratch run stores nothing in the stage cache"
+    whole = run_pipeline(
+        two_sources.model_copy(update={"output_dir": scratch.output_dir.parent / "c"})
+    )
+    assert run_files(report).keys() == run_files(whole).keys()
+
+
+def test_a_dropped_scratch_entry_is_gone_when_the_cache_closes(tmp_path):
+    shard = (pl.DataFrame({"a": [1]}), pl.DataFrame({"reason": ["x"]}), 2)
+    with cache.StageCache(tmp_path, scratch=True) as scratch:
+        directory = scratch.begin("k" * 64)
+        cache.write_shard(directory, 0, shard, scratch=True)
+        output = scratch.commit("k" * 64, directory, 1)
+        scratch.drop(output)
+    assert not output.kept[0].parent.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 def change_key_inputs(spec: PipelineSpec, what: str, monkeypatch, tmp_path) -> None:
     """Change one file a stage reads, for real."""
     if what == "reference":

@@ -140,8 +140,9 @@ def _candidate_pairs(signatures: pl.Series, config: NearDedupeConfig) -> np.ndar
     """Pairs (earlier, later) of row positions that share a band; each later row is paired with
     the earliest row of its bucket. Shape (num_pairs, 2), unique, sorted."""
     rows = len(signatures)
-    codes = []  # each pair as earlier * rows + later: int64 sorts far faster than row pairs
-    for band in range(config.bands):
+
+    def band_pairs(band: int) -> np.ndarray:
+        """The band's pairs, each as earlier * rows + later (int64 sorts far faster than pairs)."""
         width = config.rows_per_band
         key = _band_keys(signatures, slice(band * width, (band + 1) * width))
         order = np.argsort(key)
@@ -153,7 +154,10 @@ def _candidate_pairs(signatures: pl.Series, config: NearDedupeConfig) -> np.ndar
         bucket_first = np.minimum.reduceat(order, np.flatnonzero(new_bucket))
         first = bucket_first[np.cumsum(new_bucket) - 1]
         later = first != order
-        codes.append(first[later].astype(np.int64) * rows + order[later])
+        return first[later].astype(np.int64) * rows + order[later]
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # numpy sorts without the GIL
+        codes = list(pool.map(band_pairs, range(config.bands)))
     code = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
     return np.stack([code // max(rows, 1), code % max(rows, 1)], axis=1)
 
