@@ -252,7 +252,7 @@ def test_results_do_not_depend_on_the_shard_size(two_sources, tmp_path):
     assert set(train["source"]) == {"a.jsonl.gz", "b.jsonl.gz"}
 
 
-def test_a_scratch_run_keeps_two_steps_at_most_and_leaves_nothing(two_sources, monkeypatch):
+def test_a_scratch_run_deletes_each_step_once_read_and_leaves_nothing(two_sources, monkeypatch):
     # `cache: false`: a step's output is deleted (in the background) once the next step has
     # read it, so a task sees its input, its own entry and at most the entry being deleted.
     root = cache.cache_root()
