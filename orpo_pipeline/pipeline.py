@@ -394,7 +394,7 @@ def _run_steps(
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
             output = cache.commit(key, directory, num_shards)
-            if not spec.cache and previous is not None:
+            if cache.scratch and previous is not None:
                 cache.drop(previous)  # scratch: the next step reads only this
         else:
             output = stored
